@@ -1,0 +1,138 @@
+"""The access policy every module calls: role permissions, tenant and institution scope, care relationships."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from flask_smorest import abort
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hie.platform import care
+from hie.platform.audit import services as audit
+from hie.platform.auth.identity import Identity, current_identity
+from hie.platform.auth.models import Role
+from hie.tenants.models import Region
+
+BREAK_GLASS_MIN_REASON = 10
+
+
+class Permission(enum.StrEnum):
+    """What a role may do; data scope is decided separately, per record."""
+
+    patient_read = "patient:read"
+    patient_write = "patient:write"
+    patient_break_glass = "patient:break_glass"
+    own_record_read = "own_record:read"
+    audit_read = "audit:read"
+    stats_read = "stats:read"
+    tenant_manage = "tenant:manage"
+    institution_manage = "institution:manage"
+    user_manage = "user:manage"
+
+
+_CLINICAL = {Permission.patient_read, Permission.patient_write, Permission.patient_break_glass}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.platform_admin: frozenset(
+        {Permission.tenant_manage, Permission.institution_manage, Permission.user_manage}
+    ),
+    Role.tenant_admin: frozenset({Permission.institution_manage, Permission.user_manage}),
+    Role.institution_admin: frozenset({Permission.user_manage}),
+    Role.clinician: frozenset(_CLINICAL),
+    Role.family_doctor: frozenset(_CLINICAL),
+    Role.specialist: frozenset(_CLINICAL),
+    Role.nurse: frozenset({Permission.patient_read, Permission.patient_write}),
+    Role.auditor: frozenset({Permission.audit_read}),
+    Role.health_admin: frozenset({Permission.stats_read}),
+    Role.resident: frozenset({Permission.own_record_read}),
+}
+
+
+def permissions_of(identity: Identity) -> frozenset[Permission]:
+    """Union of the caller's roles' permissions."""
+    granted: set[Permission] = set()
+    for role in identity.roles:
+        granted |= ROLE_PERMISSIONS[role]
+    return frozenset(granted)
+
+
+def require(permission: Permission) -> Identity:
+    """The caller, if they hold the permission; otherwise 403 (the route exists for everyone)."""
+    identity = current_identity()
+    if permission not in permissions_of(identity):
+        audit.record("authorize", outcome="denied", detail=f"missing {permission.value}")
+        abort(403, message=f"This action needs the {permission.value} permission.")
+    return identity
+
+
+def require_any(*permissions: Permission) -> Identity:
+    """The caller, if they hold at least one of the permissions (the record policy decides the rest)."""
+    identity = current_identity()
+    if not permissions_of(identity) & set(permissions):
+        return require(permissions[0])
+    return identity
+
+
+class Basis(enum.StrEnum):
+    """Why a patient record was shown, written to the audit as the purpose."""
+
+    own_institution = "own_institution"
+    care_relationship = "care_relationship"
+    break_glass = "break_glass"
+    self = "self"
+
+
+@dataclass(frozen=True)
+class PatientRecordRef:
+    """Where a patient record lives: its shard, its id, the institution that holds it."""
+
+    tenant_code: str
+    patient_id: str
+    institution_id: int
+
+
+def patient_basis(
+    platform: Session, identity: Identity, record: PatientRecordRef, write: bool,
+    break_glass_reason: str | None = None,
+) -> Basis | None:
+    """The basis on which the caller may see (or write) this record, or None: then it answers 404."""
+    granted = permissions_of(identity)
+    if Permission.own_record_read in granted and not write and identity.patient_id == record.patient_id \
+            and identity.tenant_code == record.tenant_code:
+        return Basis.self
+    needed = Permission.patient_write if write else Permission.patient_read
+    if needed not in granted:
+        return None
+    if record.institution_id == identity.institution_id and record.tenant_code == identity.tenant_code:
+        return Basis.own_institution
+    if write:
+        return None
+    if care.has_active(platform, identity.institution_id, record.tenant_code, record.patient_id):
+        return Basis.care_relationship
+    if break_glass_reason and Permission.patient_break_glass in granted:
+        return Basis.break_glass
+    return None
+
+
+def valid_break_glass_reason(reason: str | None) -> str | None:
+    """A break-glass reason must say something; a few characters are refused with 400."""
+    if reason is None:
+        return None
+    reason = reason.strip()
+    if len(reason) < BREAK_GLASS_MIN_REASON:
+        abort(400, message=f"A break-glass reason must be at least {BREAK_GLASS_MIN_REASON} characters.")
+    return reason
+
+
+def region_subtree(session: Session, root_code: str | None) -> set[str]:
+    """Region codes at and below a root: auditors and health administrators see their own area."""
+    if root_code is None:
+        return set()
+    codes, frontier = {root_code}, [root_code]
+    while frontier:
+        children = session.scalars(select(Region.code).where(Region.parent_code.in_(frontier))).all()
+        frontier = [code for code in children if code not in codes]
+        codes.update(frontier)
+    return codes

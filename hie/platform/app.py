@@ -1,0 +1,114 @@
+"""The application factory: extensions bound in init functions, one unit of work per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import redis
+from flask import Flask, Response, g, request
+from rq import Queue
+
+from hie.platform import health
+from hie.platform.audit.services import flush_pending
+from hie.platform.cache import Cache
+from hie.platform.config import Config, load_config
+from hie.platform.crypto import KeyRing
+from hie.platform.db import EngineRegistry, finish_unit_of_work
+from hie.platform.errors import ProblemApi, problem_response
+from hie.platform.jobs.services import QUEUE_NAME, discard_uncommitted, dispatch_committed
+from hie.platform.logs import configure_logging
+
+log = logging.getLogger(__name__)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def _api_settings(app: Flask) -> None:
+    app.config.update(
+        API_TITLE="Regional Health Information Exchange",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            },
+            "security": [{"bearerAuth": []}],
+        },
+    )
+
+
+def _bind_services(app: Flask, config: Config) -> None:
+    app.extensions["hie.engines"] = EngineRegistry(config)
+    app.extensions["hie.keyring"] = KeyRing(config.keyring_file)
+    client = redis.Redis.from_url(config.redis_url, socket_timeout=2) if config.redis_url else None
+    app.extensions["hie.redis"] = client
+    app.extensions["hie.cache"] = Cache(client, config.cache_ttl)
+    app.extensions["hie.queue"] = Queue(QUEUE_NAME, connection=client) if client is not None else None
+
+
+def _unit_of_work(app: Flask) -> None:
+    @app.before_request
+    def _begin() -> None:
+        supplied = request.headers.get("X-Request-Id", "")
+        g.request_id = supplied if _REQUEST_ID_RE.fullmatch(supplied) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        committed = response.status_code < 400
+        try:
+            finish_unit_of_work(commit=committed)
+        except Exception:
+            log.exception("commit failed")
+            committed = False
+            response = problem_response(500, "Internal Server Error", "The change could not be saved.")
+        try:
+            flush_pending(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"],
+                          failed=not committed)
+        except Exception:
+            log.exception("audit write failed; withholding the response")
+            response = problem_response(503, "Service Unavailable", "The audit trail could not be written.")
+        if committed:
+            dispatch_committed()
+        else:
+            discard_uncommitted()
+        response.headers["X-Request-Id"] = g.request_id
+        return response
+
+    @app.teardown_request
+    def _cleanup(exc: BaseException | None) -> None:
+        if "platform_session" in g or "shard_sessions" in g:
+            finish_unit_of_work(commit=False)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from hie.patients.api import blp as patients_blp
+    from hie.platform.audit.api import blp as audit_blp
+    from hie.platform.auth.api import blp as auth_blp
+    from hie.tenants.api import blp as tenants_blp
+
+    api = ProblemApi(app)
+    for blueprint in (auth_blp, tenants_blp, patients_blp, audit_blp):
+        api.register_blueprint(blueprint)
+    app.extensions["hie.api"] = api
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the WSGI application for one configuration."""
+    config = config or load_config()
+    configure_logging()
+    app = Flask("hie")
+    app.config["HIE"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.config["TESTING"] = config.testing
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    _api_settings(app)
+    _bind_services(app, config)
+    health.init_app(app)
+    _unit_of_work(app)
+    _register_blueprints(app)
+    return app

@@ -1,0 +1,165 @@
+"""Recording, chaining and verifying audit events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from flask import g, has_request_context, request
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from hie.platform.audit.models import AuditChainHead, AuditEvent
+from hie.platform.crypto import KeyRing
+from hie.platform.db import utcnow
+
+log = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+_CHAINED_FIELDS = (
+    "seq", "occurred_at", "user_id", "username", "role", "institution_id", "tenant_code", "patient",
+    "action", "resource_type", "resource_id", "purpose", "outcome", "break_glass", "detail",
+    "source_ip", "request_id", "prev_hash",
+)
+_BATCH = 1000
+
+
+@dataclass
+class PendingEvent:
+    """An audit event waiting for its request's outcome before it is chained."""
+
+    action: str
+    outcome: str
+    resource_type: str | None = None
+    resource_id: str | None = None
+    patient: str | None = None
+    purpose: str | None = None
+    break_glass: bool = False
+    detail: str | None = None
+    actor: dict[str, object] = field(default_factory=dict)
+    occurred_at: datetime = field(default_factory=utcnow)
+
+
+def patient_ref(tenant_code: str, patient_id: str) -> str:
+    """How the audit names a patient record: its shard and its id."""
+    return f"{tenant_code}/{patient_id}"
+
+
+def record(action: str, outcome: str = "success", **fields: object) -> PendingEvent:
+    """Queue an event for this request; it is written after the unit of work commits or fails."""
+    identity = g.get("identity")
+    actor: dict[str, object] = {}
+    if identity is not None:
+        actor = {
+            "user_id": identity.user_id,
+            "username": identity.username,
+            "role": identity.role_label,
+            "institution_id": identity.institution_id,
+            "tenant_code": identity.tenant_code,
+        }
+    actor.update(fields.pop("actor", None) or {})  # type: ignore[arg-type]
+    event = PendingEvent(action=action, outcome=outcome, actor=actor, **fields)  # type: ignore[arg-type]
+    g.setdefault("audit_pending", []).append(event)
+    return event
+
+
+def _canonical(event: AuditEvent) -> bytes:
+    values = {name: getattr(event, name) for name in _CHAINED_FIELDS}
+    values["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
+    return json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _to_row(pending: PendingEvent) -> AuditEvent:
+    source_ip = request.remote_addr if has_request_context() else None
+    return AuditEvent(
+        occurred_at=pending.occurred_at,
+        user_id=pending.actor.get("user_id"),
+        username=pending.actor.get("username"),
+        role=pending.actor.get("role"),
+        institution_id=pending.actor.get("institution_id"),
+        tenant_code=pending.actor.get("tenant_code"),
+        patient=pending.patient,
+        action=pending.action,
+        resource_type=pending.resource_type,
+        resource_id=pending.resource_id,
+        purpose=pending.purpose,
+        outcome=pending.outcome,
+        break_glass=pending.break_glass,
+        detail=pending.detail,
+        source_ip=source_ip,
+        request_id=g.get("request_id") if has_request_context() else None,
+    )
+
+
+def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> list[int]:
+    """Chain and store events in one short transaction that holds the chain head's row lock."""
+    rows = [_to_row(event) for event in events]
+    if not rows:
+        return []
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        # Writing the head first takes the write lock at once (SQLite) or the row lock (MySQL).
+        session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(id=1))
+        head = session.get(AuditChainHead, 1)
+        if head is None:
+            head = AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH)
+            session.add(head)
+        for row in rows:
+            row.seq = head.last_seq + 1
+            row.prev_hash = head.last_hash
+            row.hash = keyring.audit_mac(_canonical(row))
+            session.add(row)
+            head.last_seq, head.last_hash = row.seq, row.hash
+    return [row.seq for row in rows]
+
+
+def flush_pending(engine: Engine, keyring: KeyRing, failed: bool) -> None:
+    """Write this request's events; if its unit of work failed, successes become errors."""
+    pending: list[PendingEvent] = g.pop("audit_pending", [])
+    if failed:
+        for event in pending:
+            if event.outcome == "success":
+                event.outcome = "error"
+    append(engine, keyring, pending)
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """One place where the stored chain disagrees with what was written."""
+
+    seq: int
+    problem: str
+
+
+def verify(engine: Engine, keyring: KeyRing) -> tuple[int, list[ChainProblem]]:
+    """Recompute the chain; report edited events, deleted events and a truncated tail."""
+    problems: list[ChainProblem] = []
+    expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+    with Session(engine) as session:
+        last = 0
+        while True:
+            batch = session.scalars(
+                select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(_BATCH)
+            ).all()
+            if not batch:
+                break
+            for event in batch:
+                if event.seq != expected_seq:
+                    missing = f"{expected_seq}" if event.seq == expected_seq + 1 else (
+                        f"{expected_seq}-{event.seq - 1}")
+                    problems.append(ChainProblem(expected_seq, f"event(s) {missing} deleted"))
+                elif event.prev_hash != prev_hash:
+                    problems.append(ChainProblem(event.seq, "previous event was edited or removed"))
+                if keyring.audit_mac(_canonical(event)) != event.hash:
+                    problems.append(ChainProblem(event.seq, "event edited (its hash does not match)"))
+                prev_hash, expected_seq, checked = event.hash, event.seq + 1, checked + 1
+                last = event.seq
+            session.expunge_all()
+        head = session.get(AuditChainHead, 1)
+        if head is not None and head.last_seq >= expected_seq:
+            problems.append(ChainProblem(expected_seq, f"event(s) {expected_seq}-{head.last_seq} deleted"))
+        if head is not None and head.last_seq == expected_seq - 1 and head.last_hash != prev_hash:
+            problems.append(ChainProblem(head.last_seq, "last event edited (chain head disagrees)"))
+    return checked, problems

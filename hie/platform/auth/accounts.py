@@ -1,0 +1,61 @@
+"""Creating and changing personnel and resident accounts."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hie.platform.auth.models import Role, User, UserRole
+from hie.platform.auth.passwords import hash_password, password_problem
+from hie.tenants.models import Institution
+
+_USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{2,63}$")
+
+
+class AccountError(ValueError):
+    """Bad input for an account; the message names the field."""
+
+
+def parse_roles(raw: list[str]) -> list[Role]:
+    """Role names to Roles, refusing unknown ones by name."""
+    roles = []
+    for name in raw:
+        try:
+            roles.append(Role(name))
+        except ValueError:
+            raise AccountError(f"role {name!r} is not one of: {', '.join(r.value for r in Role)}") from None
+    if not roles:
+        raise AccountError("at least one role is needed")
+    return roles
+
+
+def add_user(
+    session: Session, username: str, roles: list[Role], institution_code: str, password: str,
+    display_name: str | None = None, department: str | None = None, title: str | None = None,
+    licence_number: str | None = None, patient_id: str | None = None,
+) -> User:
+    """A new account at an institution; residents must name the patient record they are."""
+    if not _USERNAME_RE.fullmatch(username):
+        raise AccountError(f"username {username!r} must be 3-64 lowercase letters, digits, '.', '-' or '_'")
+    problem = password_problem(password)
+    if problem:
+        raise AccountError(f"password {problem}")
+    institution = session.scalar(select(Institution).where(Institution.code == institution_code))
+    if institution is None:
+        raise AccountError(f"institution {institution_code!r} does not exist")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise AccountError(f"username {username!r} is taken")
+    if Role.resident in roles and (patient_id is None or len(roles) > 1):
+        raise AccountError("a resident account holds only the resident role and names its patient record")
+    if Role.resident not in roles and patient_id is not None:
+        raise AccountError("only resident accounts are linked to a patient record")
+    user = User(
+        username=username, password_hash=hash_password(password), display_name=display_name or username,
+        institution_id=institution.id, department=department, title=title, licence_number=licence_number,
+        patient_id=patient_id, role_rows=[UserRole(role=role) for role in roles],
+    )
+    session.add(user)
+    session.flush()
+    return user

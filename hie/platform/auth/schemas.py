@@ -1,0 +1,39 @@
+"""Request and response bodies of the token endpoints."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+
+class TokenRequestSchema(Schema):
+    """Username and password."""
+
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class RefreshRequestSchema(Schema):
+    """A refresh token from an earlier token response."""
+
+    refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class TokenResponseSchema(Schema):
+    """OAuth2-style token response."""
+
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True)
+    expires_in = fields.Integer(required=True)
+    refresh_token = fields.String(required=True)
+
+
+class MeSchema(Schema):
+    """The caller as the platform sees them."""
+
+    user_id = fields.Integer()
+    username = fields.String()
+    roles = fields.List(fields.String())
+    permissions = fields.List(fields.String())
+    institution_code = fields.String()
+    tenant_code = fields.String()
+    region_code = fields.String(allow_none=True)

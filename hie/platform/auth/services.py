@@ -1,0 +1,186 @@
+"""Login, refresh, logout and the per-request resolution of an access token to an Identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hie.platform.audit import services as audit
+from hie.platform.auth import tokens
+from hie.platform.auth.identity import Identity
+from hie.platform.auth.models import AuthSession, User
+from hie.platform.auth.passwords import hash_password, verify_password
+from hie.platform.cache import Cache
+from hie.platform.db import new_id, utcnow
+
+_DUMMY_HASH: dict[str, str] = {}
+
+
+class LoginRefused(Exception):
+    """Why a login or refresh did not succeed; status is what the client gets."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What the token endpoint returns."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+
+
+def identity_cache_key(session_id: str) -> str:
+    """Cache key of a login session's resolved identity."""
+    return f"identity:{session_id}"
+
+
+def _cache() -> Cache:
+    return current_app.extensions["hie.cache"]
+
+
+def _issue(session: Session, user: User, source_ip: str | None) -> TokenPair:
+    config = current_app.config["HIE"]
+    now = utcnow()
+    session_id = new_id()
+    refresh_token, refresh_hash = tokens.new_refresh_token(session_id)
+    session.add(AuthSession(
+        id=session_id, user_id=user.id, refresh_hash=refresh_hash, issued_at=now,
+        expires_at=now + timedelta(seconds=config.refresh_token_ttl), source_ip=source_ip,
+    ))
+    access = tokens.issue_access_token(config.secret_key, user.id, session_id, now, config.access_token_ttl)
+    return TokenPair(access, refresh_token, config.access_token_ttl)
+
+
+def _actor(user: User | None, username: str) -> dict[str, object]:
+    if user is None:
+        return {"username": username[:64]}
+    return {
+        "user_id": user.id, "username": user.username, "institution_id": user.institution_id,
+        "role": ",".join(sorted(r.value for r in user.roles)), "tenant_code": user.institution.tenant.code,
+    }
+
+
+def login(session: Session, username: str, password: str, source_ip: str | None) -> TokenPair:
+    """Check the password, count failures, lock after too many, and audit every attempt."""
+    config = current_app.config["HIE"]
+    user = session.scalar(select(User).where(User.username == username))
+    now = utcnow()
+    if user is None:
+        if "hash" not in _DUMMY_HASH:
+            _DUMMY_HASH["hash"] = hash_password("not-a-real-password-1")
+        verify_password(_DUMMY_HASH["hash"], password)
+        audit.record("login", "failure", detail="unknown user", actor=_actor(None, username))
+        raise LoginRefused(401, "Wrong username or password.")
+    actor = _actor(user, username)
+    if user.locked_until is not None and user.locked_until > now:
+        audit.record("login", "locked", detail="attempt while locked", actor=actor)
+        raise LoginRefused(423, "This account is locked after repeated failed logins; try again later.")
+    if not verify_password(user.password_hash, password):
+        user.failed_logins += 1
+        detail = "wrong password"
+        if user.failed_logins >= config.lockout_threshold:
+            user.locked_until = now + timedelta(minutes=config.lockout_minutes)
+            user.failed_logins = 0
+            detail = "wrong password; account locked"
+        session.flush()
+        audit.record("login", "failure", detail=detail, actor=actor)
+        raise LoginRefused(401, "Wrong username or password.")
+    if not user.active or not user.institution.active:
+        audit.record("login", "failure", detail="account disabled", actor=actor)
+        raise LoginRefused(401, "Wrong username or password.")
+    user.failed_logins = 0
+    user.locked_until = None
+    pair = _issue(session, user, source_ip)
+    audit.record("login", "success", actor=actor)
+    return pair
+
+
+def refresh(session: Session, refresh_token: str, source_ip: str | None) -> TokenPair:
+    """Rotate: the old refresh token dies; presenting a dead one ends the whole login (theft)."""
+    try:
+        session_id, secret = tokens.split_refresh_token(refresh_token)
+    except tokens.TokenError:
+        raise LoginRefused(401, "Refresh token invalid.") from None
+    auth_session = session.get(AuthSession, session_id, with_for_update=True)
+    now = utcnow()
+    if auth_session is None or auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        raise LoginRefused(401, "Refresh token invalid or expired.")
+    user = session.get(User, auth_session.user_id)
+    assert user is not None
+    if auth_session.refresh_hash != tokens.hash_refresh_secret(secret):
+        auth_session.revoked_at = now
+        _cache().invalidate(identity_cache_key(session_id))
+        audit.record("token_refresh", "denied", detail="reused refresh token; session revoked",
+                     actor=_actor(user, user.username))
+        raise LoginRefused(401, "Refresh token invalid.")
+    if not user.active:
+        raise LoginRefused(401, "Refresh token invalid.")
+    auth_session.revoked_at = now
+    _cache().invalidate(identity_cache_key(session_id))
+    pair = _issue(session, user, source_ip)
+    audit.record("token_refresh", "success", actor=_actor(user, user.username))
+    return pair
+
+
+def logout(session: Session, identity: Identity) -> None:
+    """Revoke the caller's login: its access and refresh tokens stop working at once."""
+    auth_session = session.get(AuthSession, identity.session_id)
+    if auth_session is not None and auth_session.revoked_at is None:
+        auth_session.revoked_at = utcnow()
+    _cache().invalidate(identity_cache_key(identity.session_id))
+    audit.record("logout", "success")
+
+
+def _load_identity(session: Session, claims: tokens.AccessClaims) -> Identity | None:
+    row = session.execute(
+        select(AuthSession, User).join(User, User.id == AuthSession.user_id).where(
+            AuthSession.id == claims.session_id
+        )
+    ).first()
+    if row is None:
+        return None
+    auth_session, user = row
+    if auth_session.revoked_at is not None or user.id != claims.user_id or not user.active:
+        return None
+    tenant = user.institution.tenant
+    return Identity(
+        user_id=user.id, username=user.username, roles=frozenset(user.roles),
+        institution_id=user.institution_id, institution_code=user.institution.code,
+        tenant_id=tenant.id, tenant_code=tenant.code, region_code=tenant.region_code,
+        session_id=auth_session.id, patient_id=user.patient_id,
+    )
+
+
+def resolve(session: Session, token: str) -> Identity:
+    """Verify the token, then the session (cached in Redis when configured, dropped on logout)."""
+    claims = tokens.verify_access_token(current_app.config["HIE"].secret_key, token)
+    cache = _cache()
+    cached = cache.get(identity_cache_key(claims.session_id))
+    if cached is not None:
+        identity = Identity.from_cache(cached)
+        if identity.user_id == claims.user_id:
+            return identity
+    identity = _load_identity(session, claims)
+    if identity is None:
+        raise tokens.TokenError("login session ended")
+    ttl = max(1, min(cache.default_ttl, claims.expires_at - int(utcnow().timestamp())))
+    cache.set(identity_cache_key(claims.session_id), identity.to_cache(), ttl)
+    return identity
+
+
+def invalidate_user_sessions(session: Session, user_id: int) -> None:
+    """After a user's roles or status change, make every cached identity of theirs re-resolve."""
+    session_ids = session.scalars(
+        select(AuthSession.id).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+    ).all()
+    _cache().invalidate(*(identity_cache_key(sid) for sid in session_ids))

@@ -1,0 +1,146 @@
+"""Configuration from the environment (and an optional .env), validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+TENANT_PLACEHOLDER = "{tenant}"
+_SUPPORTED_DB_SCHEMES = ("sqlite", "mysql", "mariadb")
+
+
+class ConfigError(Exception):
+    """A setting is malformed; the message names the variable so an operator can fix it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the platform needs to know about where it runs."""
+
+    home: Path
+    platform_db_url: str
+    tenant_db_url_template: str
+    secret_key: str
+    redis_url: str | None = None
+    keyring_path: Path | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    db_connect_timeout: int = 3
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 8 * 3600
+    lockout_threshold: int = 5
+    lockout_minutes: int = 15
+    max_request_bytes: int = 2 * 1024 * 1024
+    cache_ttl: int = 300
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    testing: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keyring_file(self) -> Path:
+        """The data-encryption key ring lives beside the data unless told otherwise."""
+        return self.keyring_path or self.home / "keyring.json"
+
+    def tenant_db_url(self, tenant_code: str) -> str:
+        """Where a tenant's shard lives when the shard map gives no explicit URL."""
+        return self.tenant_db_url_template.replace(TENANT_PLACEHOLDER, tenant_code)
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def validate_db_url(name: str, raw: str) -> str:
+    try:
+        url = make_url(raw.replace(TENANT_PLACEHOLDER, "tenant"))
+    except ArgumentError:
+        raise ConfigError(f"{name} is not a database URL: {raw!r}") from None
+    if url.get_backend_name() not in _SUPPORTED_DB_SCHEMES:
+        raise ConfigError(f"{name} must be a sqlite:// or mysql+pymysql:// URL, got {raw!r}")
+    return raw
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
+        raise ConfigError(f"HIE_REDIS_URL must look like redis://host:6379/0, got {raw!r}")
+    return raw
+
+
+def _secret_key(env: dict[str, str], home: Path) -> str:
+    """Unset: generate once and keep under HIE_HOME so every worker process shares it."""
+    raw = env.get("HIE_SECRET_KEY")
+    if raw:
+        if len(raw) < 32:
+            raise ConfigError("HIE_SECRET_KEY must be at least 32 characters")
+        return raw
+    path = home / "secret_key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def load_config(environ: dict[str, str] | None = None, **overrides: object) -> Config:
+    """Read HIE_* settings; values from the process environment win over .env."""
+    env: dict[str, str] = {}
+    if environ is None:
+        dotenv_path = Path(os.environ.get("HIE_DOTENV", ".env"))
+        if dotenv_path.is_file():
+            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        env.update(os.environ)
+    else:
+        env.update(environ)
+
+    home = Path(env.get("HIE_HOME") or Path.cwd() / ".hie").expanduser().resolve()
+    platform_url = validate_db_url(
+        "HIE_PLATFORM_DB_URL", env.get("HIE_PLATFORM_DB_URL") or f"sqlite:///{home / 'platform.db'}"
+    )
+    template = env.get("HIE_TENANT_DB_URL_TEMPLATE") or f"sqlite:///{home / 'tenants' / 'tenant_{tenant}.db'}"
+    if TENANT_PLACEHOLDER not in template:
+        raise ConfigError(f"HIE_TENANT_DB_URL_TEMPLATE must contain {TENANT_PLACEHOLDER}, got {template!r}")
+    validate_db_url("HIE_TENANT_DB_URL_TEMPLATE", template)
+    keyring = env.get("HIE_KEYRING_FILE")
+    values: dict[str, object] = dict(
+        home=home,
+        platform_db_url=platform_url,
+        tenant_db_url_template=template,
+        secret_key=_secret_key(env, home),
+        redis_url=_redis_url(env.get("HIE_REDIS_URL")),
+        keyring_path=Path(keyring).expanduser() if keyring else None,
+        db_pool_size=_int(env, "HIE_DB_POOL_SIZE", 5, minimum=1),
+        db_max_overflow=_int(env, "HIE_DB_MAX_OVERFLOW", 10),
+        db_connect_timeout=_int(env, "HIE_DB_CONNECT_TIMEOUT", 3, minimum=1),
+        access_token_ttl=_int(env, "HIE_ACCESS_TOKEN_TTL", 900, minimum=30),
+        refresh_token_ttl=_int(env, "HIE_REFRESH_TOKEN_TTL", 8 * 3600, minimum=60),
+        lockout_threshold=_int(env, "HIE_LOCKOUT_THRESHOLD", 5, minimum=1),
+        lockout_minutes=_int(env, "HIE_LOCKOUT_MINUTES", 15, minimum=1),
+        max_request_bytes=_int(env, "HIE_MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
+        cache_ttl=_int(env, "HIE_CACHE_TTL", 300, minimum=1),
+    )
+    values.update(overrides)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+TENANT_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{1,31}$")

@@ -1,0 +1,203 @@
+"""Engines, the shard registry and the request's unit of work (one Session per shard)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flask import current_app, g
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from hie.platform.config import Config
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store naive UTC, hand back aware UTC: SQLite and MySQL both drop the zone otherwise."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[datetime]:
+        """Microseconds on MySQL too: the audit chain hashes the exact time."""
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class PlatformBase(DeclarativeBase):
+    """Tables of the control plane: regions, tenants, users, EMPI, audit, outbox."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TenantBase(DeclarativeBase):
+    """Tables of one tenant's shard: its institutions' clinical data and nothing else."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def utcnow() -> datetime:
+    """Aware UTC now, the only clock the models use."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """Row ids are made by the application so encryption can bind a value to its row before insert."""
+    return str(uuid.uuid4())
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.close()
+
+
+def build_engine(url: str, config: Config) -> Engine:
+    """One pooled engine per database URL; SQLite gets WAL and foreign keys, MySQL gets timeouts."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_size=config.db_pool_size,
+        max_overflow=config.db_max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "connect_timeout": config.db_connect_timeout,
+            "read_timeout": 30,
+            "write_timeout": 30,
+            "charset": "utf8mb4",
+        },
+    )
+
+
+class EngineRegistry:
+    """Engines cached by URL so every tenant on one server still gets its own pool."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, url: str) -> Engine:
+        """The cached engine for a URL, made on first use."""
+        engine = self._engines.get(url)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(url)
+                if engine is None:
+                    engine = build_engine(url, self.config)
+                    self._engines[url] = engine
+        return engine
+
+    @property
+    def platform(self) -> Engine:
+        """The control-plane database."""
+        return self.engine(self.config.platform_db_url)
+
+    def dispose(self) -> None:
+        """Close every pool, e.g. after fork or at shutdown."""
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+
+def registry() -> EngineRegistry:
+    """The app's engine registry."""
+    return current_app.extensions["hie.engines"]
+
+
+def platform_session() -> Session:
+    """The request's platform Session, committed once when the request ends."""
+    if "platform_session" not in g:
+        g.platform_session = Session(registry().platform, expire_on_commit=False)
+    return g.platform_session
+
+
+def shard_session(tenant_code: str) -> Session:
+    """The request's Session on one tenant shard, found through the shard map."""
+    from hie.tenants.services import tenant_db_url
+
+    sessions: dict[str, Session] = g.setdefault("shard_sessions", {})
+    if tenant_code not in sessions:
+        url = tenant_db_url(platform_session(), tenant_code)
+        sessions[tenant_code] = Session(registry().engine(url), expire_on_commit=False)
+    return sessions[tenant_code]
+
+
+def keep_changes_on_error() -> None:
+    """Let a refusal still commit what it counted (failed logins, a revoked stolen session)."""
+    g.keep_changes_on_error = True
+
+
+def finish_unit_of_work(commit: bool) -> None:
+    """Commit the shards first, then the platform, or roll everything back."""
+    sessions: list[Session] = list(g.pop("shard_sessions", {}).values())
+    platform = g.pop("platform_session", None)
+    commit = commit or bool(g.pop("keep_changes_on_error", False))
+    if platform is not None:
+        sessions.append(platform)
+    try:
+        for session in sessions:
+            if commit:
+                session.commit()
+            else:
+                session.rollback()
+    finally:
+        for session in sessions:
+            session.close()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A committed-or-rolled-back unit of work outside a request (CLI, jobs)."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the database answers."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -1,0 +1,60 @@
+"""Alembic for both trees: the platform database and every tenant shard."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config(tree: str, engine: Engine) -> AlembicConfig:
+    """An in-memory alembic config for one tree, running on the given engine."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS / tree))
+    cfg.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(tree: str, engine: Engine, revision: str = "head") -> None:
+    """Bring one database to the newest revision of its tree."""
+    command.upgrade(alembic_config(tree, engine), revision)
+
+
+def create_database(url: str) -> None:
+    """Make the empty database a shard needs: CREATE DATABASE on MySQL, the folder of the file on SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return
+    name = parsed.database
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"database name {name!r} must be letters, digits and underscores")
+    server_url = URL.create(parsed.drivername, parsed.username, parsed.password, parsed.host, parsed.port,
+                            query=parsed.query)
+    server = create_engine(server_url, connect_args={"connect_timeout": 5})
+    try:
+        with server.begin() as conn:
+            conn.execute(text(
+                f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            ))
+    finally:
+        server.dispose()
+
+
+@dataclass
+class UpgradeReport:
+    """Which databases upgraded and which failed, so one broken shard does not stop the rest."""
+
+    upgraded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)

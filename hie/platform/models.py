@@ -1,0 +1,13 @@
+"""Every platform-database model, imported so metadata and migrations see the whole schema."""
+
+from hie.patients.stats import InstitutionPatientCount
+from hie.platform.audit.models import AuditChainHead, AuditEvent
+from hie.platform.auth.models import AuthSession, User, UserRole
+from hie.platform.care import CareRelationship
+from hie.platform.jobs.models import HandledEvent, PlatformOutboxEvent
+from hie.tenants.models import Institution, Region, Tenant
+
+__all__ = [
+    "AuditChainHead", "AuditEvent", "AuthSession", "CareRelationship", "HandledEvent", "Institution",
+    "InstitutionPatientCount", "PlatformOutboxEvent", "Region", "Tenant", "User", "UserRole",
+]

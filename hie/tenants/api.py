@@ -1,0 +1,142 @@
+"""Tenants, the institution directory and account administration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from hie.platform.access import Permission, require
+from hie.platform.audit import services as audit
+from hie.platform.auth import accounts
+from hie.platform.auth.decorators import login_required
+from hie.platform.auth.identity import Identity
+from hie.platform.auth.models import Role, User
+from hie.platform.db import platform_session
+from hie.tenants import services
+from hie.tenants.models import Institution, Tenant
+from hie.tenants.schemas import (
+    InstitutionQuerySchema,
+    InstitutionSchema,
+    TenantSchema,
+    UserInSchema,
+    UserOutSchema,
+)
+
+blp = Blueprint("tenants", __name__, url_prefix="/api/v1", description="Tenants, institutions, accounts")
+
+
+def _institution_out(institution: Institution) -> dict[str, Any]:
+    return {
+        "code": institution.code, "name": institution.name, "tenant_code": institution.tenant.code,
+        "level": institution.level.value, "type": institution.type.value, "region_code": institution.region_code,
+    }
+
+
+@blp.route("/tenants")
+class Tenants(MethodView):
+    """The shard map."""
+
+    decorators = [login_required]
+
+    @blp.response(200, TenantSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List tenants and the database each lives in (platform administrators)"""
+        require(Permission.tenant_manage)
+        config = current_app.config["HIE"]
+        tenants = platform_session().scalars(select(Tenant).order_by(Tenant.code)).all()
+        return [
+            {"code": t.code, "name": t.name, "region_code": t.region_code, "active": t.active,
+             "database": make_url(services.resolved_url(config, t)).render_as_string(hide_password=True)}
+            for t in tenants
+        ]
+
+
+@blp.route("/institutions")
+class Institutions(MethodView):
+    """The directory every clinician refers into."""
+
+    decorators = [login_required]
+
+    @blp.arguments(InstitutionQuerySchema, location="query")
+    @blp.response(200, InstitutionSchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=500)
+    def get(self, filters: dict[str, str], pagination_parameters: Any) -> list[dict[str, Any]]:
+        """List member institutions, by tenant and level"""
+        query = select(Institution).join(Tenant).where(Institution.active.is_(True))
+        if "tenant" in filters:
+            query = query.where(Tenant.code == filters["tenant"])
+        if "level" in filters:
+            query = query.where(Institution.level == filters["level"])
+        session = platform_session()
+        pagination_parameters.item_count = session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = session.scalars(query.order_by(Institution.code).offset(pagination_parameters.first_item)
+                               .limit(pagination_parameters.page_size)).all()
+        return [_institution_out(row) for row in rows]
+
+    @blp.arguments(InstitutionSchema)
+    @blp.response(201, InstitutionSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Add an institution (tenant administrators in their own tenant)"""
+        identity = require(Permission.institution_manage)
+        if Role.platform_admin not in identity.roles and body["tenant_code"] != identity.tenant_code:
+            abort(403, message="Tenant administrators add institutions to their own tenant only.")
+        try:
+            institution = services.add_institution(
+                platform_session(), body["code"], body["name"], body["tenant_code"], body["level"],
+                body["region_code"], body["type"],
+            )
+        except services.TenancyError as exc:
+            abort(422, message=str(exc))
+        audit.record("create", resource_type="Institution", resource_id=institution.code)
+        return _institution_out(institution)
+
+
+def _may_manage(identity: Identity, institution: Institution) -> bool:
+    if Role.platform_admin in identity.roles:
+        return True
+    if Role.tenant_admin in identity.roles:
+        return institution.tenant_id == identity.tenant_id
+    return institution.id == identity.institution_id
+
+
+@blp.route("/users")
+class Users(MethodView):
+    """Accounts."""
+
+    decorators = [login_required]
+
+    @blp.arguments(UserInSchema)
+    @blp.response(201, UserOutSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an account (within the administrator's own scope)"""
+        identity = require(Permission.user_manage)
+        session = platform_session()
+        institution = session.scalar(select(Institution).where(Institution.code == body["institution_code"]))
+        if institution is None or not _may_manage(identity, institution):
+            abort(422, message=f"Institution {body['institution_code']!r} is not one you administer.")
+        roles = [Role(r) for r in body["roles"]]
+        if Role.platform_admin in roles and Role.platform_admin not in identity.roles:
+            abort(403, message="Only platform administrators create platform administrators.")
+        try:
+            user = accounts.add_user(
+                session, body["username"], roles, body["institution_code"], body["password"],
+                body["display_name"], body["department"], body["title"], body["licence_number"],
+                body["patient_id"],
+            )
+        except accounts.AccountError as exc:
+            abort(422, message=str(exc))
+        audit.record("create", resource_type="User", resource_id=str(user.id))
+        return _user_out(user)
+
+
+def _user_out(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id, "username": user.username, "display_name": user.display_name,
+        "roles": sorted(r.value for r in user.roles), "institution_code": user.institution.code,
+        "department": user.department, "title": user.title, "licence_number": user.licence_number,
+    }
