@@ -57,7 +57,7 @@ def _drop_mysql_databases() -> None:
     engine.dispose()
 
 
-def test_environ(home: Path) -> dict[str, str]:
+def hie_environ(home: Path) -> dict[str, str]:
     """The HIE_* variables of the test region, also handed to CLI subprocesses."""
     env = {"HIE_HOME": str(home), "HIE_SECRET_KEY": "t" * 40}
     if MYSQL_URL:
@@ -102,7 +102,7 @@ def app(home: Path) -> Iterator[Flask]:
     """One app and one provisioned region for the whole run; each test starts from clean data."""
     if MYSQL_URL:
         _drop_mysql_databases()
-    config = load_config(test_environ(home), argon2_time_cost=1, argon2_memory_kib=1024, testing=True,
+    config = load_config(hie_environ(home), argon2_time_cost=1, argon2_memory_kib=1024, testing=True,
                          lockout_threshold=3)
     application = create_app(config)
     with application.app_context():

@@ -14,7 +14,7 @@ from hie.platform import health
 from hie.platform.audit.services import flush_pending
 from hie.platform.cache import Cache
 from hie.platform.config import Config, load_config
-from hie.platform.crypto import KeyRing
+from hie.platform.crypto import DecryptionError, KeyRing
 from hie.platform.db import EngineRegistry, finish_unit_of_work
 from hie.platform.errors import ProblemApi, problem_response
 from hie.platform.jobs.services import QUEUE_NAME, discard_uncommitted, dispatch_committed
@@ -85,6 +85,14 @@ def _unit_of_work(app: Flask) -> None:
             finish_unit_of_work(commit=False)
 
 
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(DecryptionError)
+    def _tampered(exc: DecryptionError) -> Response:
+        log.error("stored ciphertext failed to open: %s", exc)
+        return problem_response(500, "Integrity Failure", "A stored value failed its integrity check; "
+                                "it was not shown. Operators have been alerted.")
+
+
 def _register_blueprints(app: Flask) -> None:
     from hie.patients.api import blp as patients_blp
     from hie.platform.audit.api import blp as audit_blp
@@ -110,5 +118,6 @@ def create_app(config: Config | None = None) -> Flask:
     _bind_services(app, config)
     health.init_app(app)
     _unit_of_work(app)
+    _register_error_handlers(app)
     _register_blueprints(app)
     return app

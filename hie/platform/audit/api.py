@@ -37,7 +37,10 @@ class AuditEvents(MethodView):
             or_(AuditEvent.tenant_code.in_(tenant_codes), AuditEvent.tenant_code.is_(None))
         )
         if "patient" in filters:
-            query = query.where(AuditEvent.patient == filters["patient"])
+            wanted = filters["patient"]
+            # A bare record id also finds attempts made from other tenants, which name the caller's shard.
+            query = query.where(AuditEvent.patient == wanted if "/" in wanted else AuditEvent.patient.endswith(
+                "/" + wanted, autoescape=True))
         if "user" in filters:
             query = query.where(AuditEvent.username == filters["user"])
         if "action" in filters:

@@ -1,0 +1,160 @@
+"""Batch deduplication: block, compare, estimate weights by EM, and cluster auto-linked pairs."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hie.empi.matching.blocking import blocking_keys
+from hie.empi.matching.comparison import compare
+from hie.empi.matching.model import ModelWeights, estimate_model, estimate_u
+from hie.empi.matching.scoring import Outcome, Thresholds, classify, veto_reason
+from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK_SIZE = 200
+
+
+@dataclass(slots=True)
+class ClusterResult:
+    """Person index per input record plus the figures a dedupe report needs."""
+
+    person_of: list[int]
+    model: ModelWeights
+    candidate_pairs: int = 0
+    auto_links: int = 0
+    reviews: list[tuple[int, int, float]] = field(default_factory=list)
+    blocked_merges: int = 0
+
+    @property
+    def persons(self) -> int:
+        """Number of distinct persons found."""
+        return len(set(self.person_of))
+
+
+def candidate_pairs(records: Sequence[NormalizedRecord], max_block: int = MAX_BLOCK_SIZE) -> np.ndarray:
+    """Distinct (i, j) pairs sharing a blocking key; oversized blocks (shared clinic phones) are skipped."""
+    blocks: dict[str, list[int]] = defaultdict(list)
+    for index, rec in enumerate(records):
+        for key in blocking_keys(rec):
+            blocks[key].append(index)
+    chunks = []
+    skipped = 0
+    for members in blocks.values():
+        size = len(members)
+        if size < 2:
+            continue
+        if size > max_block:
+            skipped += 1
+            continue
+        idx = np.asarray(members, dtype=np.int64)
+        left, right = np.triu_indices(size, k=1)
+        chunks.append(idx[left] * len(records) + idx[right])
+    if skipped:
+        log.info("skipped %s blocks larger than %s records", skipped, max_block)
+    if not chunks:
+        return np.zeros((0, 2), dtype=np.int64)
+    codes = np.unique(np.concatenate(chunks))
+    return np.stack([codes // len(records), codes % len(records)], axis=1)
+
+
+class _Persons:
+    """Union-find over records that refuses merges joining different valid IDs or vetoed pairs."""
+
+    def __init__(self, records: Sequence[NormalizedRecord]) -> None:
+        self.parent = list(range(len(records)))
+        self.members: dict[int, list[int]] = {i: [i] for i in range(len(records))}
+        self.ids: dict[int, set[str]] = {
+            i: {r.id_number} if r.id_valid and r.id_type == RESIDENT_ID_TYPE and r.id_number else set()
+            for i, r in enumerate(records)
+        }
+        self.cannot: dict[int, set[int]] = defaultdict(set)
+
+    def find(self, i: int) -> int:
+        """Root of i's person, with path halving."""
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def forbid(self, i: int, j: int) -> None:
+        """Record a pair that must never end up in one person."""
+        self.cannot[i].add(j)
+        self.cannot[j].add(i)
+
+    def merge(self, i: int, j: int) -> bool:
+        """Join two persons unless that would put conflicting records together."""
+        a, b = self.find(i), self.find(j)
+        if a == b:
+            return True
+        if len(self.members[a]) < len(self.members[b]):
+            a, b = b, a
+        if self.ids[a] and self.ids[b] and self.ids[a] != self.ids[b]:
+            return False
+        for member in self.members[b]:
+            if any(self.find(other) == a for other in self.cannot.get(member, ())):
+                return False
+        self.parent[b] = a
+        self.members[a].extend(self.members.pop(b))
+        self.ids[a] |= self.ids.pop(b)
+        return True
+
+
+def compare_pairs(records: Sequence[NormalizedRecord], pairs: np.ndarray) -> np.ndarray:
+    """Level matrix (pairs x fields) for candidate pairs."""
+    rows = [compare(records[i], records[j]) for i, j in pairs.tolist()]
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
+
+
+def train_model(records: Sequence[NormalizedRecord], pairs: np.ndarray, levels: np.ndarray) -> ModelWeights:
+    """Fit m by EM on candidate pairs and u on random pairs."""
+    u_random = estimate_u(records)
+    return estimate_model(levels, u_random, len(records))
+
+
+def cluster(
+    records: Sequence[NormalizedRecord],
+    model: ModelWeights | None = None,
+    thresholds: Thresholds | None = None,
+    max_block: int = MAX_BLOCK_SIZE,
+) -> ClusterResult:
+    """Group records into persons; trains weights by EM from these records when no model is given."""
+    thresholds = thresholds or Thresholds()
+    pairs = candidate_pairs(records, max_block)
+    levels = compare_pairs(records, pairs)
+    log.info("%s records, %s candidate pairs", len(records), len(pairs))
+    if model is None:
+        model = train_model(records, pairs, levels)
+    table = model.weight_table()
+    weights = model.prior_weight + (
+        table[np.arange(table.shape[0]), levels].sum(axis=1) if len(levels) else np.zeros(0)
+    )
+    persons = _Persons(records)
+    result = ClusterResult(person_of=[], model=model, candidate_pairs=len(pairs))
+    linkable = []
+    for k in np.argsort(-weights, kind="stable").tolist():
+        weight = float(weights[k])
+        if weight < thresholds.review:
+            break
+        i, j = int(pairs[k, 0]), int(pairs[k, 1])
+        veto = veto_reason(records[i], records[j], tuple(levels[k].tolist()))
+        outcome = classify(weight, thresholds, veto)
+        if veto and weight >= thresholds.link:
+            persons.forbid(i, j)
+        if outcome is Outcome.AUTO_LINK:
+            linkable.append((i, j))
+        else:
+            result.reviews.append((i, j, weight))
+    for i, j in linkable:
+        if persons.merge(i, j):
+            result.auto_links += 1
+        else:
+            result.blocked_merges += 1
+    roots: dict[int, int] = {}
+    result.person_of = [roots.setdefault(persons.find(i), len(roots)) for i in range(len(records))]
+    return result

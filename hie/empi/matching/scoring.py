@@ -1,0 +1,80 @@
+"""Pair scoring, hard rules and the three-way outcome of a match."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+from hie.empi.matching.comparison import DISAGREE, FIELD_LEVELS, FIELDS, compare
+from hie.empi.matching.model import ModelWeights
+from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
+
+_GIVEN = FIELDS.index("given_name")
+_ID = FIELDS.index("id_number")
+_ID_CLOSE = FIELD_LEVELS["id_number"].index("close")
+
+VETO_DIFFERENT_IDS = "different valid resident IDs"
+VETO_GIVEN_NAMES = "given names disagree and IDs do not agree"
+
+
+class Outcome(StrEnum):
+    """What the EMPI does with a candidate pair."""
+
+    AUTO_LINK = "auto_link"
+    REVIEW = "review"
+    NEW_PERSON = "new_person"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Total log2 match weights (prior included) above which pairs link or go to review."""
+
+    link: float = 6.0
+    review: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.review > self.link:
+            raise ValueError("review threshold must not exceed link threshold")
+
+
+class MatchScore(NamedTuple):
+    """Total weight, per-field level labels, and the hard rule that forbids auto-linking, if any."""
+
+    weight: float
+    levels: dict[str, str]
+    veto: str | None
+
+
+def veto_reason(a: NormalizedRecord, b: NormalizedRecord, levels: tuple[int, ...]) -> str | None:
+    """Hard rules no weight can override: distinct valid resident IDs, or twins' distinct given names."""
+    if (
+        a.id_valid and b.id_valid and a.id_type == RESIDENT_ID_TYPE == b.id_type
+        and a.id_number != b.id_number
+    ):
+        return VETO_DIFFERENT_IDS
+    if levels[_GIVEN] == DISAGREE and levels[_ID] < _ID_CLOSE:
+        return VETO_GIVEN_NAMES
+    return None
+
+
+def pair_weight(levels: tuple[int, ...], model: ModelWeights) -> float:
+    """Prior plus the sum of field weights for a level vector."""
+    table = model.weight_table()
+    return model.prior_weight + float(sum(table[i, lv] for i, lv in enumerate(levels)))
+
+
+def score(a: NormalizedRecord, b: NormalizedRecord, model: ModelWeights) -> MatchScore:
+    """Score one pair: weight, the level each field reached, and any veto."""
+    levels = compare(a, b)
+    labels = {name: FIELD_LEVELS[name][lv] for name, lv in zip(FIELDS, levels, strict=True)}
+    return MatchScore(pair_weight(levels, model), labels, veto_reason(a, b, levels))
+
+
+def classify(weight: float, thresholds: Thresholds, veto: str | None = None) -> Outcome:
+    """Auto-link, review or new person; a vetoed pair can at best go to review."""
+    if weight >= thresholds.link and veto is None:
+        return Outcome.AUTO_LINK
+    if weight >= thresholds.review:
+        return Outcome.REVIEW
+    return Outcome.NEW_PERSON

@@ -1,0 +1,103 @@
+"""The audit chain: every event chained; edits and deletions found by `hie audit verify`."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import delete, func, select, update
+
+from hie.platform.audit.models import AuditEvent
+from hie.platform.cli import main
+from tests.conftest import new_patient, hie_environ
+
+
+@pytest.fixture
+def verify(home):
+    def run():
+        return CliRunner().invoke(main, ["audit", "verify"], env=hie_environ(home))
+    return run
+
+
+@pytest.fixture
+def some_events(client, as_user):
+    patient = new_patient(client, as_user("yaodu.doctor"))
+    client.get(f"/api/v1/patients/{patient['id']}", headers=as_user("yaodu.doctor"))
+    client.get(f"/api/v1/patients/{patient['id']}", headers=as_user("quwo.doctor"))
+    return patient
+
+
+def test_intact_chain_verifies(some_events, verify, platform_db):
+    total = platform_db.scalar(select(func.count()).select_from(AuditEvent))
+    result = verify()
+    assert result.exit_code == 0, result.output
+    assert f"{total} events verified" in result.output
+    seqs = platform_db.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
+    assert seqs == list(range(1, total + 1))
+
+
+def test_edited_event_is_detected(some_events, verify, platform_db):
+    platform_db.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(outcome="success"))
+    platform_db.execute(update(AuditEvent).where(AuditEvent.seq == 2).values(username="someone.else"))
+    platform_db.commit()
+    result = verify()
+    assert result.exit_code == 1
+    assert "event 2: event edited" in result.output
+
+
+def test_edited_event_with_recomputed_plain_hash_is_still_detected(some_events, verify, platform_db):
+    import hashlib
+
+    platform_db.execute(update(AuditEvent).where(AuditEvent.seq == 2).values(
+        purpose="research", hash=hashlib.sha256(b"forged").hexdigest()))
+    platform_db.commit()
+    result = verify()
+    assert result.exit_code == 1
+    assert "event 2" in result.output and "event 3" in result.output
+
+
+def test_deleted_event_is_detected(some_events, verify, platform_db):
+    platform_db.execute(delete(AuditEvent).where(AuditEvent.seq == 2))
+    platform_db.commit()
+    result = verify()
+    assert result.exit_code == 1
+    assert "event(s) 2 deleted" in result.output
+
+
+def test_deleted_tail_is_detected(some_events, verify, platform_db):
+    last = platform_db.scalar(select(func.max(AuditEvent.seq)))
+    platform_db.execute(delete(AuditEvent).where(AuditEvent.seq >= last - 1))
+    platform_db.commit()
+    result = verify()
+    assert result.exit_code == 1
+    assert f"event(s) {last - 1}-{last} deleted" in result.output
+
+
+def test_auditor_filters_by_patient_user_and_time(client, as_user, some_events):
+    exact = client.get(f"/api/v1/audit?patient=yaodu/{some_events['id']}", headers=as_user("auditor"))
+    assert {e["username"] for e in exact.get_json()} == {"yaodu.doctor"}
+    response = client.get(f"/api/v1/audit?patient={some_events['id']}", headers=as_user("auditor"))
+    assert response.status_code == 200
+    events = response.get_json()
+    assert {e["action"] for e in events} == {"create", "read"}
+    assert {e["username"] for e in events} == {"yaodu.doctor", "quwo.doctor"}
+    denied = client.get("/api/v1/audit?user=quwo.doctor&action=read", headers=as_user("auditor")).get_json()
+    assert [e["outcome"] for e in denied] == ["not_found"]
+    future = client.get("/api/v1/audit?since=2999-01-01T00:00:00Z", headers=as_user("auditor")).get_json()
+    assert future == []
+
+
+def test_county_auditor_sees_only_their_region(client, as_user, some_events):
+    events = client.get("/api/v1/audit?action=read", headers=as_user("yaodu.auditor")).get_json()
+    assert {e["tenant_code"] for e in events} == {"yaodu"}
+    city = client.get("/api/v1/audit?action=read", headers=as_user("auditor")).get_json()
+    assert {e["tenant_code"] for e in city} == {"yaodu", "quwo"}
+
+
+def test_audit_api_refuses_non_auditors_and_bad_filters(client, as_user):
+    assert client.get("/api/v1/audit", headers=as_user("yaodu.doctor")).status_code == 403
+    bad = client.get("/api/v1/audit?since=yesterday", headers=as_user("auditor"))
+    assert bad.status_code == 422 and bad.get_json()["errors"][0]["field"] == "since"
+    window = client.get("/api/v1/audit?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+                        headers=as_user("auditor"))
+    assert window.status_code == 422
+    assert client.get("/api/v1/audit?outcome=maybe", headers=as_user("auditor")).status_code == 422
