@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select, update
 
 from hie.platform.audit.models import AuditEvent
 from hie.platform.cli import main
-from tests.conftest import new_patient, hie_environ
+from tests.conftest import hie_environ, new_patient
 
 
 @pytest.fixture

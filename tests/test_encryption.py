@@ -53,7 +53,7 @@ def test_rotation_keeps_everything_readable_and_reencrypts(client, app, as_user,
     with shard_engine(app, "yaodu").connect() as conn:
         name_enc = conn.execute(text("SELECT name_enc FROM patients WHERE id = :id"), {"id": later["id"]}).scalar()
     assert name_enc.split("$")[0] in kids
-    assert client.get(f"/api/v1/patients?phone=13935712341", headers=headers).get_json()[0]["mrn"] == "R-1"
+    assert client.get("/api/v1/patients?phone=13935712341", headers=headers).get_json()[0]["mrn"] == "R-1"
 
 
 def test_ciphertext_moved_to_another_row_does_not_open(client, app, as_user):

@@ -168,3 +168,6 @@ def _register_module_commands() -> None:
 
 
 _register_module_commands()
+
+if __name__ == "__main__":
+    main()

@@ -64,7 +64,7 @@ def candidate_pairs(records: Sequence[NormalizedRecord], max_block: int = MAX_BL
 
 
 class _Persons:
-    """Union-find over records that refuses merges joining different valid IDs or vetoed pairs."""
+    """Union-find over records that refuses merges joining different valid resident IDs."""
 
     def __init__(self, records: Sequence[NormalizedRecord]) -> None:
         self.parent = list(range(len(records)))
@@ -73,7 +73,6 @@ class _Persons:
             i: {r.id_number} if r.id_valid and r.id_type == RESIDENT_ID_TYPE and r.id_number else set()
             for i, r in enumerate(records)
         }
-        self.cannot: dict[int, set[int]] = defaultdict(set)
 
     def find(self, i: int) -> int:
         """Root of i's person, with path halving."""
@@ -81,11 +80,6 @@ class _Persons:
             self.parent[i] = self.parent[self.parent[i]]
             i = self.parent[i]
         return i
-
-    def forbid(self, i: int, j: int) -> None:
-        """Record a pair that must never end up in one person."""
-        self.cannot[i].add(j)
-        self.cannot[j].add(i)
 
     def merge(self, i: int, j: int) -> bool:
         """Join two persons unless that would put conflicting records together."""
@@ -96,9 +90,6 @@ class _Persons:
             a, b = b, a
         if self.ids[a] and self.ids[b] and self.ids[a] != self.ids[b]:
             return False
-        for member in self.members[b]:
-            if any(self.find(other) == a for other in self.cannot.get(member, ())):
-                return False
         self.parent[b] = a
         self.members[a].extend(self.members.pop(b))
         self.ids[a] |= self.ids.pop(b)
@@ -144,8 +135,6 @@ def cluster(
         i, j = int(pairs[k, 0]), int(pairs[k, 1])
         veto = veto_reason(records[i], records[j], tuple(levels[k].tolist()))
         outcome = classify(weight, thresholds, veto)
-        if veto and weight >= thresholds.link:
-            persons.forbid(i, j)
         if outcome is Outcome.AUTO_LINK:
             linkable.append((i, j))
         else:

@@ -1,0 +1,58 @@
+"""Configuration: defaults to the embedded set-up; a malformed value is refused by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from hie.platform.config import ConfigError, load_config
+from hie.platform.crypto import KeyRing
+
+
+def test_defaults_are_the_embedded_platform(tmp_path):
+    config = load_config({"HIE_HOME": str(tmp_path)})
+    assert config.platform_db_url == f"sqlite:///{tmp_path / 'platform.db'}"
+    assert config.tenant_db_url("yaodu") == f"sqlite:///{tmp_path / 'tenants' / 'tenant_yaodu.db'}"
+    assert config.redis_url is None
+    assert len(config.secret_key) >= 32
+    assert load_config({"HIE_HOME": str(tmp_path)}).secret_key == config.secret_key
+
+
+def test_mysql_template_and_redis_are_taken(tmp_path):
+    config = load_config({
+        "HIE_HOME": str(tmp_path), "HIE_TENANT_DB_URL_TEMPLATE": "mysql+pymysql://root@db1:3306/hie_{tenant}",
+        "HIE_REDIS_URL": "redis://cache:6379/0", "HIE_DB_POOL_SIZE": "20", "HIE_SECRET_KEY": "s" * 40,
+    })
+    assert config.tenant_db_url("quwo") == "mysql+pymysql://root@db1:3306/hie_quwo"
+    assert config.redis_url == "redis://cache:6379/0" and config.db_pool_size == 20
+    assert config.secret_key == "s" * 40
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HIE_PLATFORM_DB_URL", "not a url"),
+    ("HIE_PLATFORM_DB_URL", "postgresql://x/y"),
+    ("HIE_TENANT_DB_URL_TEMPLATE", "mysql+pymysql://root@db/hie"),
+    ("HIE_REDIS_URL", "http://cache:6379"),
+    ("HIE_SECRET_KEY", "short"),
+    ("HIE_DB_POOL_SIZE", "0"),
+    ("HIE_ACCESS_TOKEN_TTL", "ten minutes"),
+])
+def test_malformed_value_is_refused_by_name(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_config({"HIE_HOME": str(tmp_path), name: value})
+
+
+def test_dotenv_is_read_and_environment_wins(tmp_path, monkeypatch):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"HIE_HOME={tmp_path}/from-dotenv\nHIE_DB_POOL_SIZE=7\n")
+    monkeypatch.setenv("HIE_DOTENV", str(dotenv))
+    monkeypatch.setenv("HIE_DB_POOL_SIZE", "9")
+    monkeypatch.delenv("HIE_HOME", raising=False)
+    config = load_config()
+    assert str(config.home).endswith("from-dotenv") and config.db_pool_size == 9
+
+
+def test_malformed_keyring_is_refused_by_name(tmp_path):
+    path = tmp_path / "keyring.json"
+    path.write_text('{"active": "k1", "keys": {"k1": "c2hvcnQ"}, "index_key": "", "audit_key": ""}')
+    with pytest.raises(ConfigError, match="HIE_KEYRING_FILE"):
+        KeyRing(path)
