@@ -101,6 +101,7 @@ class NormalizedRecord:
     given_name: str | None = None
     family_pinyin: str | None = None
     given_pinyin: str | None = None
+    given_syllables: tuple[str, ...] = ()
     name_is_hanzi: bool = False
     sex: str | None = None
     birth_date: dt.date | None = None
@@ -164,6 +165,7 @@ def split_hanzi_name(name: str) -> tuple[str, str]:
     return name[:1], name[1:]
 
 
+@lru_cache(maxsize=4096)
 def surname_pinyin(surname: str) -> str:
     """Pinyin of a surname using its surname reading (单 shan, 曾 zeng, 尉迟 yuchi)."""
     if surname in SURNAME_READINGS:
@@ -171,9 +173,16 @@ def surname_pinyin(surname: str) -> str:
     return "".join(SURNAME_READINGS.get(c) or latin_key("".join(lazy_pinyin(c))) for c in surname)
 
 
+@lru_cache(maxsize=65536)
 def given_pinyin(given: str) -> str:
     """Pinyin of a given name as one lowercase string."""
     return latin_key("".join(lazy_pinyin(given)))
+
+
+@lru_cache(maxsize=65536)
+def _syllables(given: str) -> tuple[str, ...]:
+    """Per-character pinyin of a hanzi given name, to tell IME slips from different names."""
+    return tuple(latin_key(p) for p in lazy_pinyin(given))
 
 
 @lru_cache(maxsize=1)
@@ -366,6 +375,8 @@ def normalize_record(raw: Mapping[str, object]) -> NormalizedRecord:
     fam, giv, fam_py, giv_py, is_hz = names
     rec.family_name, rec.given_name = fam, giv
     rec.family_pinyin, rec.given_pinyin, rec.name_is_hanzi = fam_py, giv_py, is_hz
+    if giv and has_hanzi(giv):
+        rec.given_syllables = _syllables(giv)
     rec.sex = normalize_sex(get.get("sex"))
     raw_birth = get.get("birth_date")
     parsed = parse_date(raw_birth)

@@ -9,6 +9,7 @@ import uuid
 import redis
 from flask import Flask, Response, g, request
 from rq import Queue
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hie.platform import health
 from hie.platform.audit.services import flush_pending
@@ -120,4 +121,6 @@ def create_app(config: Config | None = None) -> Flask:
     _unit_of_work(app)
     _register_error_handlers(app)
     _register_blueprints(app)
+    if config.proxy_hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops, x_proto=config.proxy_hops)  # type: ignore[method-assign]
     return app

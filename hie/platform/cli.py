@@ -94,8 +94,12 @@ def db_revision(tree: str, message: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="gunicorn worker processes")
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the API with gunicorn (several worker processes), never Flask's development server."""
-    from hie.platform.serve import run_gunicorn
+    from hie.platform.serve import prepare_multiprocess_metrics, run_gunicorn
 
+    try:
+        prepare_multiprocess_metrics()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
     make_app()
     run_gunicorn(bind, workers)
 

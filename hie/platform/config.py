@@ -40,6 +40,7 @@ class Config:
     lockout_minutes: int = 15
     max_request_bytes: int = 2 * 1024 * 1024
     cache_ttl: int = 300
+    proxy_hops: int = 0
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     testing: bool = False
@@ -138,6 +139,7 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
         lockout_minutes=_int(env, "HIE_LOCKOUT_MINUTES", 15, minimum=1),
         max_request_bytes=_int(env, "HIE_MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
         cache_ttl=_int(env, "HIE_CACHE_TTL", 300, minimum=1),
+        proxy_hops=_int(env, "HIE_PROXY_HOPS", 0),
     )
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from hie.platform.config import Config
 
+SHARD_MAP_TTL = 30.0
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -111,6 +113,7 @@ class EngineRegistry:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._engines: dict[str, Engine] = {}
+        self._shard_map: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def engine(self, url: str) -> Engine:
@@ -124,6 +127,16 @@ class EngineRegistry:
                     self._engines[url] = engine
         return engine
 
+    def tenant_url(self, tenant_code: str, lookup: Callable[[], str]) -> str:
+        """The shard map, read through a short-lived copy: a moved shard is seen within SHARD_MAP_TTL."""
+        now = time.monotonic()
+        hit = self._shard_map.get(tenant_code)
+        if hit is not None and now - hit[1] < SHARD_MAP_TTL:
+            return hit[0]
+        url = lookup()
+        self._shard_map[tenant_code] = (url, now)
+        return url
+
     @property
     def platform(self) -> Engine:
         """The control-plane database."""
@@ -135,6 +148,7 @@ class EngineRegistry:
             for engine in self._engines.values():
                 engine.dispose()
             self._engines.clear()
+            self._shard_map.clear()
 
 
 def registry() -> EngineRegistry:
@@ -155,7 +169,7 @@ def shard_session(tenant_code: str) -> Session:
 
     sessions: dict[str, Session] = g.setdefault("shard_sessions", {})
     if tenant_code not in sessions:
-        url = tenant_db_url(platform_session(), tenant_code)
+        url = registry().tenant_url(tenant_code, lambda: tenant_db_url(platform_session(), tenant_code))
         sessions[tenant_code] = Session(registry().engine(url), expire_on_commit=False)
     return sessions[tenant_code]
 

@@ -35,13 +35,16 @@ def _child_exit(_server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def run_gunicorn(bind: str | None, workers: int | None) -> None:
-    """Serve until stopped; metrics are aggregated across workers through a shared directory."""
-    config = load_config()
-    metrics_dir = Path(config.home) / "metrics"
+def prepare_multiprocess_metrics() -> None:
+    """Must run before prometheus_client is imported: workers then share one metrics directory."""
+    metrics_dir = Path(load_config().home) / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+
+def run_gunicorn(bind: str | None, workers: int | None) -> None:
+    """Serve until stopped."""
     options = {
         "bind": bind or os.environ.get("HIE_BIND", "127.0.0.1:5000"),
         "workers": workers or int(os.environ.get("HIE_WORKERS", min(8, 2 * (os.cpu_count() or 1) + 1))),
@@ -50,7 +53,6 @@ def run_gunicorn(bind: str | None, workers: int | None) -> None:
         "timeout": 60,
         "graceful_timeout": 30,
         "accesslog": "-",
-        "forwarded_allow_ips": os.environ.get("HIE_FORWARDED_ALLOW_IPS", "127.0.0.1"),
         "child_exit": _child_exit,
     }
     _Gunicorn(options).run()

@@ -36,21 +36,22 @@ def _date_keys(dates: tuple[dt.date, ...]) -> set[str]:
 
 
 def blocking_keys(rec: NormalizedRecord) -> list[str]:
-    """Candidate keys: ID, phone, surname+birth year, birth date (+swap), phonetic full name."""
+    """Candidate keys: ID, phone, birth date (+swap), pinyin name, given name+year; Soundex for Latin names."""
     keys: set[str] = set()
     if rec.id_number:
         keys.add(f"id:{rec.id_type}:{rec.id_number}")
     if rec.phone:
         keys.add(f"ph:{rec.phone}")
     years = {d.year for d in rec.birth_dates}
-    if rec.family_pinyin:
-        keys.update(f"sy:{rec.family_pinyin}:{year}" for year in years)
     if rec.given_pinyin:
         keys.update(f"gy:{rec.given_pinyin}:{year}" for year in years)
     keys.update(f"bd:{key}" for key in _date_keys(rec.birth_dates))
-    codes = sorted(soundex(p) for p in (rec.family_pinyin, rec.given_pinyin) if p)
-    if len(codes) == 2:
-        keys.add(f"nm:{codes[0]}{codes[1]}")
-    elif rec.full_pinyin:
-        keys.add(f"nm:{rec.full_pinyin}")
+    names = sorted(p for p in (rec.family_pinyin, rec.given_pinyin) if p)
+    if names:
+        keys.add(f"nm:{'|'.join(names)}")
+    if not rec.name_is_hanzi:
+        if rec.family_pinyin:
+            keys.update(f"sy:{soundex(rec.family_pinyin)}:{year}" for year in years)
+        if len(names) == 2:
+            keys.add(f"sx:{''.join(sorted(soundex(p) for p in names))}")
     return sorted(keys)

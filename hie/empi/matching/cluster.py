@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hie.empi.matching.blocking import blocking_keys
-from hie.empi.matching.comparison import compare
-from hie.empi.matching.model import ModelWeights, estimate_model, estimate_u
+from hie.empi.matching.comparison import FIELDS, compare
+from hie.empi.matching.model import ModelWeights, default_model, estimate_model, estimate_u
 from hie.empi.matching.scoring import Outcome, Thresholds, classify, veto_reason
 from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
 
 log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 200
+MIN_EM_PAIRS = 500
 
 
 @dataclass(slots=True)
@@ -99,7 +100,7 @@ class _Persons:
 def compare_pairs(records: Sequence[NormalizedRecord], pairs: np.ndarray) -> np.ndarray:
     """Level matrix (pairs x fields) for candidate pairs."""
     rows = [compare(records[i], records[j]) for i, j in pairs.tolist()]
-    return np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), len(FIELDS))
 
 
 def train_model(records: Sequence[NormalizedRecord], pairs: np.ndarray, levels: np.ndarray) -> ModelWeights:
@@ -114,13 +115,13 @@ def cluster(
     thresholds: Thresholds | None = None,
     max_block: int = MAX_BLOCK_SIZE,
 ) -> ClusterResult:
-    """Group records into persons; trains weights by EM from these records when no model is given."""
+    """Group records into persons; without a model, weights come from EM (defaults on tiny inputs)."""
     thresholds = thresholds or Thresholds()
     pairs = candidate_pairs(records, max_block)
     levels = compare_pairs(records, pairs)
     log.info("%s records, %s candidate pairs", len(records), len(pairs))
     if model is None:
-        model = train_model(records, pairs, levels)
+        model = train_model(records, pairs, levels) if len(pairs) >= MIN_EM_PAIRS else default_model()
     table = model.weight_table()
     weights = model.prior_weight + (
         table[np.arange(table.shape[0]), levels].sum(axis=1) if len(levels) else np.zeros(0)

@@ -42,10 +42,21 @@ def _name_level(a_canon: str | None, b_canon: str | None, a_py: str | None, b_py
     return DISAGREE
 
 
+def _hanzi_given_level(a: tuple[str, ...], b: tuple[str, ...], level: int) -> int:
+    """Hanzi given names of equal length are close only if each differing syllable is an IME slip."""
+    if level >= 4 or len(a) != len(b) or not a:
+        return level
+    if all(x == y or OSA.distance(x, y) <= 1 for x, y in zip(a, b, strict=True)):
+        return 3
+    return DISAGREE
+
+
 def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
     """Family and given levels, tolerant of swapped order and of names whose split is unknown."""
     fam = _name_level(a.family_name, b.family_name, a.family_pinyin, b.family_pinyin)
     giv = _name_level(a.given_name, b.given_name, a.given_pinyin, b.given_pinyin)
+    if a.given_syllables and b.given_syllables:
+        giv = _hanzi_given_level(a.given_syllables, b.given_syllables, giv)
     if fam == 5 and giv == 5:
         return fam, giv
     a_full, b_full = a.full_pinyin, b.full_pinyin

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import g, has_request_context, request
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from hie.platform.audit.models import AuditChainHead, AuditEvent
@@ -94,24 +94,32 @@ def _to_row(pending: PendingEvent) -> AuditEvent:
     )
 
 
+_HEAD = AuditChainHead.__table__
+_LOCK_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(id=1)
+_READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash).where(_HEAD.c.id == 1)
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(
+    last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
+_INSERT_EVENT = AuditEvent.__table__.insert()
+_EVENT_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns)
+
+
 def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> list[int]:
-    """Chain and store events in one short transaction that holds the chain head's row lock."""
+    """Chain and store events in one short Core transaction that holds the chain head's row lock."""
     rows = [_to_row(event) for event in events]
     if not rows:
         return []
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    with engine.begin() as conn:
         # Writing the head first takes the write lock at once (SQLite) or the row lock (MySQL).
-        session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(id=1))
-        head = session.get(AuditChainHead, 1)
-        if head is None:
-            head = AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH)
-            session.add(head)
+        conn.execute(_LOCK_HEAD)
+        last_seq, last_hash = conn.execute(_READ_HEAD).one()
+        values = []
         for row in rows:
-            row.seq = head.last_seq + 1
-            row.prev_hash = head.last_hash
+            row.seq, row.prev_hash = last_seq + 1, last_hash
             row.hash = keyring.audit_mac(_canonical(row))
-            session.add(row)
-            head.last_seq, head.last_hash = row.seq, row.hash
+            last_seq, last_hash = row.seq, row.hash
+            values.append({key: getattr(row, key) for key in _EVENT_COLUMNS})
+        conn.execute(_INSERT_EVENT, values)
+        conn.execute(_MOVE_HEAD, {"new_seq": last_seq, "new_hash": last_hash})
     return [row.seq for row in rows]
 
 

@@ -6,16 +6,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from hie.platform.audit import services as audit
 from hie.platform.auth import tokens
 from hie.platform.auth.identity import Identity
-from hie.platform.auth.models import AuthSession, User
+from hie.platform.auth.models import AuthSession, User, UserRole
 from hie.platform.auth.passwords import hash_password, verify_password
 from hie.platform.cache import Cache
 from hie.platform.db import new_id, utcnow
+from hie.tenants.models import Institution, Tenant
 
 _DUMMY_HASH: dict[str, str] = {}
 
@@ -141,23 +142,32 @@ def logout(session: Session, identity: Identity) -> None:
     audit.record("logout", "success")
 
 
+_IDENTITY_QUERY = (
+    select(
+        AuthSession.revoked_at, User.id, User.username, User.active, User.patient_id, User.institution_id,
+        Institution.code, Tenant.id, Tenant.code, Tenant.region_code, UserRole.role,
+    )
+    .join(User, User.id == AuthSession.user_id)
+    .join(Institution, Institution.id == User.institution_id)
+    .join(Tenant, Tenant.id == Institution.tenant_id)
+    .join(UserRole, UserRole.user_id == User.id)
+    .where(AuthSession.id == bindparam("session_id"))
+)
+
+
 def _load_identity(session: Session, claims: tokens.AccessClaims) -> Identity | None:
-    row = session.execute(
-        select(AuthSession, User).join(User, User.id == AuthSession.user_id).where(
-            AuthSession.id == claims.session_id
-        )
-    ).first()
-    if row is None:
+    """One prebuilt Core query (a row per role): this runs on every request that misses the cache."""
+    rows = session.execute(_IDENTITY_QUERY, {"session_id": claims.session_id}).all()
+    if not rows:
         return None
-    auth_session, user = row
-    if auth_session.revoked_at is not None or user.id != claims.user_id or not user.active:
+    revoked_at, user_id, username, active, patient_id, institution_id, institution_code, tenant_id, \
+        tenant_code, region_code, _role = rows[0]
+    if revoked_at is not None or user_id != claims.user_id or not active:
         return None
-    tenant = user.institution.tenant
     return Identity(
-        user_id=user.id, username=user.username, roles=frozenset(user.roles),
-        institution_id=user.institution_id, institution_code=user.institution.code,
-        tenant_id=tenant.id, tenant_code=tenant.code, region_code=tenant.region_code,
-        session_id=auth_session.id, patient_id=user.patient_id,
+        user_id=user_id, username=username, roles=frozenset(row.role for row in rows),
+        institution_id=institution_id, institution_code=institution_code, tenant_id=tenant_id,
+        tenant_code=tenant_code, region_code=region_code, session_id=claims.session_id, patient_id=patient_id,
     )
 
 

@@ -1,0 +1,80 @@
+"""dedupe_csv: one output row per input row, bad rows reported by line."""
+
+import csv
+
+import pytest
+
+from hie.empi.dedupe import dedupe_csv
+from hie.empi.normalize import resident_id_check_digit
+
+ID_A = "44010619800407123" + resident_id_check_digit("44010619800407123")
+
+CSV_TEXT = f"""rec_id,source,name,sex,birth_date,id_type,id_number,phone,address
+a1,H1,陈国强,男,1980-04-07,CN-RIC,{ID_A},13912345678,广东省广州市天河区石牌街道华师社区10号
+a2,H2,"CHEN, Guoqiang",M,19800407,,,+86 139 1234 5678,石牌街道华师社区10号
+a3,H3,陈子涵,女,2019-06-01,,,13912345678,广东省广州市天河区石牌街道华师社区10号
+a4,H3,陈子轩,男,2019-06-01,,,13912345678,广东省广州市天河区石牌街道华师社区10号
+a5,H1,short row
+,H2,李四,女,1990-01-01,,,,
+a1,H2,陈国强,男,1980-04-07,,,,
+a8,H2,王五,男,1970-13-45,CN-RIC,123,,
+"""
+
+
+def run(tmp_path, text=CSV_TEXT):
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text(text, encoding="utf-8")
+    report = dedupe_csv(src, dst)
+    with dst.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return report, rows
+
+
+def test_every_input_row_gets_a_person(tmp_path):
+    report, rows = run(tmp_path)
+    assert [r["rec_id"] for r in rows] == ["a1", "a2", "a3", "a4", "a5", "", "a1", "a8"]
+    assert report.rows == 8 and all(r["person_id"] for r in rows)
+
+
+def test_duplicates_link_and_twins_do_not(tmp_path):
+    _, rows = run(tmp_path)
+    person = [r["person_id"] for r in rows]
+    assert person[0] == person[1]
+    assert len({person[2], person[3], person[0]}) == 3
+
+
+def test_malformed_rows_reported_with_line_numbers(tmp_path):
+    report, rows = run(tmp_path)
+    problems = {(p.line, p.reason.split(" (")[0]) for p in report.malformed}
+    assert problems == {(6, "expected 9 fields, got 3"), (7, "missing rec_id"), (8, "duplicate rec_id")}
+    malformed_persons = [rows[i]["person_id"] for i in (4, 5, 6)]
+    assert len(set(malformed_persons)) == 3
+    assert not set(malformed_persons) & {r["person_id"] for r in rows[:4]}
+
+
+def test_bad_field_values_are_issues_not_malformed(tmp_path):
+    report, _ = run(tmp_path)
+    fields = {(p.line, p.field) for p in report.field_issues}
+    assert {(9, "birth_date"), (9, "id_number")} <= fields
+    assert 9 not in {p.line for p in report.malformed}
+
+
+def test_absent_columns_and_multiline_fields(tmp_path):
+    text = (
+        'rec_id,family_name,given_name,birth_date,address\nx1,Smith,John,19610203,"12 high st\nsydney"\n'
+        "x2,smith,john,1961-02-03,12 high st sydney\n"
+    )
+    report, rows = run(tmp_path, text)
+    assert report.malformed == [] and rows[0]["person_id"] == rows[1]["person_id"]
+
+
+def test_missing_rec_id_column_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="rec_id"):
+        run(tmp_path, "name,phone\n张三,13800138000\n")
+
+
+def test_invalid_utf8_row_reported(tmp_path):
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_bytes("rec_id,name\nr1,张三\n".encode() + b"r2,\xff\xfe\n")
+    report = dedupe_csv(src, dst)
+    assert [(p.line, p.reason) for p in report.malformed] == [(3, "not valid UTF-8")]
