@@ -24,7 +24,7 @@ def hie(home, client):
 
 
 def _tenant_count(platform_db) -> int:
-    platform_db.expire_all()
+    platform_db.rollback()
     return platform_db.scalar(select(func.count()).select_from(Tenant))
 
 

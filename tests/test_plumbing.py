@@ -66,7 +66,7 @@ def test_request_id_is_echoed_or_made(client):
 
 
 def _count(platform_db, institution_id):
-    platform_db.expire_all()
+    platform_db.rollback()
     return platform_db.scalar(select(InstitutionPatientCount.patients).where(
         InstitutionPatientCount.institution_id == institution_id))
 

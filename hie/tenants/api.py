@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from hie.platform.access import Permission, require
 from hie.platform.audit import services as audit
 from hie.platform.auth import accounts
+from hie.platform.auth import services as auth_services
 from hie.platform.auth.decorators import login_required
 from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import Role, User
@@ -25,6 +26,7 @@ from hie.tenants.schemas import (
     TenantSchema,
     UserInSchema,
     UserOutSchema,
+    UserUpdateSchema,
 )
 
 blp = Blueprint("tenants", __name__, url_prefix="/api/v1", description="Tenants, institutions, accounts")
@@ -134,9 +136,38 @@ class Users(MethodView):
         return _user_out(user)
 
 
+@blp.route("/users/<int:user_id>")
+class UserById(MethodView):
+    """One account."""
+
+    decorators = [login_required]
+
+    @blp.arguments(UserUpdateSchema)
+    @blp.response(200, UserOutSchema)
+    def patch(self, body: dict[str, Any], user_id: int) -> dict[str, Any]:
+        """Disable or re-enable an account, or change its roles; its logins re-resolve at once"""
+        identity = require(Permission.user_manage)
+        session = platform_session()
+        user = session.get(User, user_id)
+        if user is None or not _may_manage(identity, user.institution):
+            abort(404, message="No such account.")
+        if not body:
+            abort(400, message="Send active and/or roles.")
+        try:
+            accounts.update_user(session, user, body.get("active"), accounts.parse_roles(body["roles"])
+                                 if "roles" in body else None)
+        except accounts.AccountError as exc:
+            abort(422, message=str(exc))
+        if Role.platform_admin in user.roles and Role.platform_admin not in identity.roles:
+            abort(403, message="Only platform administrators grant the platform_admin role.")
+        auth_services.invalidate_user_sessions(session, user.id)
+        audit.record("update", resource_type="User", resource_id=str(user.id))
+        return _user_out(user)
+
+
 def _user_out(user: User) -> dict[str, Any]:
     return {
-        "id": user.id, "username": user.username, "display_name": user.display_name,
+        "id": user.id, "active": user.active, "username": user.username, "display_name": user.display_name,
         "roles": sorted(r.value for r in user.roles), "institution_code": user.institution.code,
         "department": user.department, "title": user.title, "licence_number": user.licence_number,
     }

@@ -56,6 +56,7 @@ class UserOutSchema(Schema):
     """An account without its secrets."""
 
     id = fields.Integer()
+    active = fields.Boolean()
     username = fields.String()
     display_name = fields.String()
     roles = fields.List(fields.String())
@@ -63,3 +64,11 @@ class UserOutSchema(Schema):
     department = fields.String(allow_none=True)
     title = fields.String(allow_none=True)
     licence_number = fields.String(allow_none=True)
+
+
+class UserUpdateSchema(Schema):
+    """What an administrator may change on an account."""
+
+    active = fields.Boolean()
+    roles = fields.List(fields.String(validate=validate.OneOf([r.value for r in Role])),
+                        validate=validate.Length(min=1))

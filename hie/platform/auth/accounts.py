@@ -59,3 +59,14 @@ def add_user(
     session.add(user)
     session.flush()
     return user
+
+
+def update_user(session: Session, user: User, active: bool | None, roles: list[Role] | None) -> None:
+    """Disable, re-enable or re-role an account; residents stay residents."""
+    if roles is not None:
+        if (Role.resident in roles) != (Role.resident in user.roles) or (Role.resident in roles and len(roles) > 1):
+            raise AccountError("roles: a resident account holds only the resident role, and vice versa")
+        user.role_rows = [UserRole(role=role) for role in dict.fromkeys(roles)]
+    if active is not None:
+        user.active = active
+    session.flush()
