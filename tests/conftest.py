@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, delete, text, update
+from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from hie.patients.models import Patient
@@ -18,7 +18,7 @@ from hie.platform.app import create_app
 from hie.platform.audit.models import AuditChainHead, AuditEvent
 from hie.platform.audit.services import GENESIS_HASH
 from hie.platform.auth import accounts
-from hie.platform.auth.models import AuthSession, Role, User
+from hie.platform.auth.models import AuthSession, Role, User, UserRole
 from hie.platform.care import CareRelationship
 from hie.platform.config import load_config
 from hie.platform.db import session_scope
@@ -121,6 +121,9 @@ def wipe(app: Flask) -> None:
             session.execute(delete(model))
         session.execute(delete(User).where(User.username.not_in(list(USERS))))
         session.execute(update(User).values(failed_logins=0, locked_until=None, active=True))
+        session.execute(delete(UserRole))
+        ids = dict(session.execute(select(User.username, User.id)).all())
+        session.add_all(UserRole(user_id=ids[name], role=role) for name, (role, _) in USERS.items())
         session.execute(update(AuditChainHead).values(last_seq=0, last_hash=GENESIS_HASH))
         session.execute(delete(Institution).where(
             Institution.code.not_in(["LF-PH", "LF-HC", "YAODU-CH", "YAODU-T1", "QUWO-CH"])))
