@@ -12,6 +12,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
+from hie.empi.models import (
+    BlockingKey,
+    MasterPerson,
+    MatchModel,
+    NotAMatch,
+    PersonEvent,
+    PersonRecord,
+    RegionThresholds,
+    ReviewItem,
+)
 from hie.patients.models import Patient
 from hie.patients.stats import InstitutionPatientCount
 from hie.platform.app import create_app
@@ -45,6 +55,7 @@ USERS: dict[str, tuple[Role, str]] = {
     "yaodu.auditor": (Role.auditor, "YAODU-CH"),
     "quwo.doctor": (Role.clinician, "QUWO-CH"),
     "quwo.admin": (Role.tenant_admin, "QUWO-CH"),
+    "steward": (Role.data_steward, "LF-HC"),
 }
 
 
@@ -116,8 +127,10 @@ def wipe(app: Flask) -> None:
     """Delete everything a test may have written, keep the seeded region."""
     engines = app.extensions["hie.engines"]
     with session_scope(engines.platform) as session:
+        session.execute(update(MasterPerson).values(merged_into=None))
         for model in (AuditEvent, HandledEvent, PlatformOutboxEvent, AuthSession, CareRelationship,
-                      InstitutionPatientCount):
+                      InstitutionPatientCount, BlockingKey, ReviewItem, NotAMatch, PersonEvent, PersonRecord,
+                      MasterPerson, MatchModel, RegionThresholds):
             session.execute(delete(model))
         session.execute(delete(User).where(User.username.not_in(list(USERS))))
         session.execute(update(User).values(failed_logins=0, locked_until=None, active=True))

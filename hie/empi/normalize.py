@@ -12,6 +12,8 @@ from functools import lru_cache
 import opencc
 from pypinyin import lazy_pinyin
 
+from hie.platform.standards import check_digit
+
 RESIDENT_ID_TYPE = "CN-RIC"
 
 # Surnames whose reading differs from the character's most common reading, plus compound surnames.
@@ -39,8 +41,6 @@ _COMMON_SURNAMES = (
 _LATIN_ONLY = re.compile(r"[^a-z]")
 _HANZI = re.compile(r"[\u3400-\u9fff\U00020000-\U0002ffff]")
 _ID18 = re.compile(r"^\d{17}[\dX]$")
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK = "10X98765432"
 _DATE_PATTERNS = (
     re.compile(r"^(\d{4})(\d{2})(\d{2})$"),
     re.compile(r"^(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?$"),
@@ -246,12 +246,6 @@ def normalize_name(
     return fam, giv or None, fam_py or None, giv_py or None, fam_hz or giv_hz
 
 
-def resident_id_check_digit(first17: str) -> str:
-    """ISO 7064 MOD 11-2 check character of GB 11643-1999."""
-    total = sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS, strict=True))
-    return _ID_CHECK[total % 11]
-
-
 def parse_resident_id(raw: str | None, today: dt.date | None = None) -> ResidentId | None:
     """Validate an 18-digit ID or upgrade a 15-digit one (insert 19, add check digit); read birth and sex."""
     text = unicodedata.normalize("NFKC", raw or "").upper()
@@ -261,14 +255,14 @@ def parse_resident_id(raw: str | None, today: dt.date | None = None) -> Resident
     upgraded = False
     if len(number) == 15 and number.isdigit():
         body = number[:6] + "19" + number[6:]
-        number = body + resident_id_check_digit(body)
+        number = body + check_digit(body)
         upgraded = True
     if not _ID18.match(number):
         return ResidentId(number=number, valid=False)
     birth = _safe_date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     today = today or dt.date.today()
     plausible = birth is not None and dt.date(1880, 1, 1) <= birth <= today and number[0] in "12345678"
-    valid = plausible and resident_id_check_digit(number[:17]) == number[17]
+    valid = plausible and check_digit(number[:17]) == number[17]
     sex = "M" if int(number[16]) % 2 else "F"
     return ResidentId(number, valid, upgraded, birth if plausible else None, sex if plausible else None)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import opencc
 from pypinyin import lazy_pinyin
 
-from hie.empi.normalize import resident_id_check_digit, split_hanzi_name, surname_pinyin
+from hie.empi.normalize import split_hanzi_name, surname_pinyin
+from hie.platform.standards import check_digit
 
 FIELDNAMES = ("rec_id", "source", "name", "sex", "birth_date", "id_type", "id_number", "phone", "address")
 ERROR_KINDS = (
@@ -124,7 +125,7 @@ class _Generator:
             return None
         seq = self.rng.randint(0, 99) * 10 + self.rng.choice((1, 3, 5, 7, 9) if sex == "M" else (0, 2, 4, 6, 8))
         body = f"{code}{birth:%Y%m%d}{seq:03d}"
-        return body + resident_id_check_digit(body)
+        return body + check_digit(body)
 
     def _phone(self) -> str:
         """A mobile number."""

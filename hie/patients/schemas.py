@@ -49,6 +49,7 @@ class PatientOutSchema(Schema):
     """A patient record with identifiers unsealed for a caller entitled to see them."""
 
     id = fields.String()
+    master_person_id = fields.String(allow_none=True)
     tenant_code = fields.String()
     institution_id = fields.Integer()
     mrn = fields.String()

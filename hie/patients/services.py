@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from flask_smorest import abort
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from hie.empi import services as empi
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import seal, search_index, unseal
 from hie.platform import access
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
+from hie.platform.cache import Cache
 from hie.platform.care import CareRelationship
 from hie.platform.crypto import keyring
 from hie.platform.db import new_id, platform_session, shard_session, utcnow
@@ -32,10 +35,28 @@ def _normalised(data: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _cache() -> Cache:
+    return current_app.extensions["hie.cache"]
+
+
+def _register_with_empi(identity: Identity, patient: Patient, values: dict[str, Any]) -> str:
+    """Synchronously, in the request: the institution gets its master person id back at once."""
+    demographics = {field: values.get(field) for field in ("name", "sex", "id_number", "phone", "address")}
+    demographics["birth_date"] = patient.birth_date.isoformat() if patient.birth_date else None
+    demographics["id_type"] = "CN-RIC" if demographics["id_number"] else None
+    registration = empi.register(
+        platform_session(), keyring(), _cache(), institution_id=patient.institution_id,
+        tenant_code=identity.tenant_code, local_id=patient.mrn, demographics=demographics,
+        region_code=identity.region_code, patient_id=patient.id, user_id=identity.user_id,
+    )
+    return registration.person_id
+
+
 def view(identity: Identity, patient: Patient, basis: access.Basis) -> dict[str, Any]:
     """The record with identifiers unsealed, for a caller the policy has let in."""
     ring = keyring()
     out: dict[str, Any] = {
+        "master_person_id": empi.person_of_local(platform_session(), _cache(), patient.institution_id, patient.mrn),
         "id": patient.id, "tenant_code": identity.tenant_code, "institution_id": patient.institution_id,
         "mrn": patient.mrn, "sex": patient.sex, "birth_date": patient.birth_date,
         "version": patient.version, "access_basis": basis.value,
@@ -62,6 +83,7 @@ def register(identity: Identity, data: dict[str, Any]) -> Patient:
         session.rollback()
         audit.record("create", "failure", resource_type=RESOURCE, detail="duplicate medical record number")
         abort(409, message=f"Medical record number {values['mrn']!r} is already registered here.")
+    _register_with_empi(identity, patient, values)
     emit(session, identity.tenant_code, "patient.registered",
          {"tenant_code": identity.tenant_code, "patient_id": patient.id,
           "institution_id": identity.institution_id})
@@ -108,6 +130,9 @@ def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_matc
         if field in values:
             seal(keyring(), identity.tenant_code, patient, field, values[field])
     shard_session(identity.tenant_code).flush()
+    current = {field: unseal(keyring(), identity.tenant_code, patient, field) for field in SEALED_FIELDS}
+    current["sex"] = patient.sex
+    _register_with_empi(identity, patient, current)
     return view(identity, patient, basis)
 
 

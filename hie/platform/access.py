@@ -30,6 +30,7 @@ class Permission(enum.StrEnum):
     tenant_manage = "tenant:manage"
     institution_manage = "institution:manage"
     user_manage = "user:manage"
+    empi_steward = "empi:steward"
 
 
 _CLINICAL = {Permission.patient_read, Permission.patient_write, Permission.patient_break_glass}
@@ -47,6 +48,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.auditor: frozenset({Permission.audit_read}),
     Role.health_admin: frozenset({Permission.stats_read}),
     Role.resident: frozenset({Permission.own_record_read}),
+    Role.data_steward: frozenset({Permission.empi_steward}),
 }
 
 

@@ -95,15 +95,18 @@ def _register_error_handlers(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from hie.empi.api import blp as empi_blp
+    from hie.empi.fhir import bp as fhir_empi_bp
     from hie.patients.api import blp as patients_blp
     from hie.platform.audit.api import blp as audit_blp
     from hie.platform.auth.api import blp as auth_blp
     from hie.tenants.api import blp as tenants_blp
 
     api = ProblemApi(app)
-    for blueprint in (auth_blp, tenants_blp, patients_blp, audit_blp):
+    for blueprint in (auth_blp, tenants_blp, patients_blp, empi_blp, audit_blp):
         api.register_blueprint(blueprint)
     app.extensions["hie.api"] = api
+    app.register_blueprint(fhir_empi_bp)
 
 
 def create_app(config: Config | None = None) -> Flask:

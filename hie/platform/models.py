@@ -1,5 +1,15 @@
 """Every platform-database model, imported so metadata and migrations see the whole schema."""
 
+from hie.empi.models import (
+    BlockingKey,
+    MasterPerson,
+    MatchModel,
+    NotAMatch,
+    PersonEvent,
+    PersonRecord,
+    RegionThresholds,
+    ReviewItem,
+)
 from hie.patients.stats import InstitutionPatientCount
 from hie.platform.audit.models import AuditChainHead, AuditEvent
 from hie.platform.auth.models import AuthSession, User, UserRole
@@ -8,6 +18,7 @@ from hie.platform.jobs.models import HandledEvent, PlatformOutboxEvent
 from hie.tenants.models import Institution, Region, Tenant
 
 __all__ = [
-    "AuditChainHead", "AuditEvent", "AuthSession", "CareRelationship", "HandledEvent", "Institution",
+    "AuditChainHead", "BlockingKey", "MasterPerson", "MatchModel", "NotAMatch", "PersonEvent", "PersonRecord",
+    "RegionThresholds", "ReviewItem", "AuditEvent", "AuthSession", "CareRelationship", "HandledEvent", "Institution",
     "InstitutionPatientCount", "PlatformOutboxEvent", "Region", "Tenant", "User", "UserRole",
 ]

@@ -5,9 +5,9 @@ import csv
 import pytest
 
 from hie.empi.dedupe import dedupe_csv
-from hie.empi.normalize import resident_id_check_digit
+from hie.platform.standards import check_digit
 
-ID_A = "44010619800407123" + resident_id_check_digit("44010619800407123")
+ID_A = "44010619800407123" + check_digit("44010619800407123")
 
 CSV_TEXT = f"""rec_id,source,name,sex,birth_date,id_type,id_number,phone,address
 a1,H1,陈国强,男,1980-04-07,CN-RIC,{ID_A},13912345678,广东省广州市天河区石牌街道华师社区10号

@@ -18,14 +18,15 @@ from hie.empi.matching import (
     score,
     soundex,
 )
-from hie.empi.normalize import normalize_record, resident_id_check_digit
+from hie.empi.normalize import normalize_record
+from hie.platform.standards import check_digit
 
 MODEL = default_model()
 THRESHOLDS = Thresholds()
 
 
 def make_id(body17: str) -> str:
-    return body17 + resident_id_check_digit(body17)
+    return body17 + check_digit(body17)
 
 
 def rec(rec_id: str, **fields: str):

@@ -11,12 +11,12 @@ from hie.empi.normalize import (
     parse_address,
     parse_date,
     parse_resident_id,
-    resident_id_check_digit,
 )
+from hie.platform.standards import check_digit
 
 
 def make_id(body17: str) -> str:
-    return body17 + resident_id_check_digit(body17)
+    return body17 + check_digit(body17)
 
 
 @pytest.mark.parametrize(

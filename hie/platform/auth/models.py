@@ -25,6 +25,7 @@ class Role(enum.StrEnum):
     auditor = "auditor"
     health_admin = "health_admin"
     resident = "resident"
+    data_steward = "data_steward"
 
 
 class User(PlatformBase):

@@ -1,0 +1,124 @@
+"""FHIR Patient/$match over the EMPI: a searchset Bundle with scores and match grades."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir.resources.R4B.parameters import Parameters
+from fhir.resources.R4B.patient import Patient
+from flask import Blueprint, Response, current_app, json, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from hie.empi import queries
+from hie.empi.services import thresholds_for
+from hie.platform.access import Permission, permissions_of
+from hie.platform.audit import services as audit
+from hie.platform.auth.decorators import authenticate_request
+from hie.platform.auth.identity import current_identity
+from hie.platform.db import platform_session
+
+bp = Blueprint("fhir_empi", __name__, url_prefix="/fhir")
+FHIR_JSON = "application/fhir+json"
+MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
+IDENTIFIER_SYSTEM = "urn:hie:institution:"
+RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
+
+
+class FhirError(Exception):
+    """An error answered as an OperationOutcome."""
+
+    def __init__(self, status: int, code: str, diagnostics: str, expression: list[str] | None = None) -> None:
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics, self.expression = status, code, diagnostics, expression
+
+
+def operation_outcome(status: int, code: str, diagnostics: str, expression: list[str] | None = None) -> Response:
+    """FHIR's error body, naming the offending element where known."""
+    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": diagnostics}
+    if expression:
+        issue["expression"] = expression
+    body = {"resourceType": "OperationOutcome", "issue": [issue]}
+    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=FHIR_JSON)
+
+
+@bp.errorhandler(FhirError)
+def _fhir_error(exc: FhirError) -> Response:
+    return operation_outcome(exc.status, exc.code, exc.diagnostics, exc.expression)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    data = getattr(exc, "data", None) or {}
+    code = {401: "login", 403: "forbidden", 404: "not-found", 413: "too-costly"}.get(exc.code or 500, "processing")
+    return operation_outcome(exc.code or 500, code, data.get("message") or exc.description or exc.name)
+
+
+def _parameters() -> tuple[Patient, int, bool]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise FhirError(400, "structure", "The body must be a FHIR Parameters resource in JSON.")
+    if body.get("resourceType") != "Parameters":
+        raise FhirError(400, "structure", "Expected resourceType Parameters.", ["Parameters"])
+    try:
+        parameters = Parameters.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = "Parameters." + ".".join(str(p) for p in first["loc"])
+        raise FhirError(400, "invalid", f"{path}: {first['msg']}", [path]) from None
+    patient, count, only_certain = None, 10, False
+    for parameter in parameters.parameter or []:
+        if parameter.name == "resource" and parameter.resource is not None:
+            patient = parameter.resource
+        elif parameter.name == "count" and parameter.valueInteger is not None:
+            count = parameter.valueInteger
+        elif parameter.name == "onlyCertainMatches" and parameter.valueBoolean is not None:
+            only_certain = parameter.valueBoolean
+    if not isinstance(patient, Patient):
+        raise FhirError(400, "required", "Parameter 'resource' must hold a Patient.", ["Parameters.parameter"])
+    if not 1 <= count <= 50:
+        raise FhirError(400, "value", "count must be between 1 and 50.", ["Parameters.parameter"])
+    return patient, count, only_certain
+
+
+def _demographics(patient: Patient) -> dict[str, Any]:
+    """The fields the matcher uses, from a FHIR Patient."""
+    name = patient.name[0] if patient.name else None
+    text = None
+    if name is not None:
+        text = name.text or " ".join(part for part in [name.family, *(name.given or [])] if part) or None
+    id_number = next((i.value for i in patient.identifier or [] if i.system == RESIDENT_ID_SYSTEM), None)
+    phone = next((t.value for t in patient.telecom or [] if t.system == "phone"), None)
+    address = patient.address[0].text if patient.address else None
+    sex = {"male": "M", "female": "F"}.get(patient.gender or "")
+    return {"name": text, "sex": sex, "birth_date": patient.birthDate.isoformat() if patient.birthDate else None,
+            "id_type": "CN-RIC" if id_number else None, "id_number": id_number, "phone": phone, "address": address}
+
+
+@bp.post("/Patient/$match")
+def patient_match() -> Response:
+    """Score the EMPI's master persons against a Patient (FHIR R4 $match)."""
+    authenticate_request()
+    identity = current_identity()
+    if Permission.patient_read not in permissions_of(identity):
+        raise FhirError(403, "forbidden", "Patient matching needs the patient:read permission.")
+    patient, count, only_certain = _parameters()
+    session = platform_session()
+    demographics = _demographics(patient)
+    if not any(demographics.values()):
+        raise FhirError(400, "required", "The Patient carries nothing to match on.", ["Patient"])
+    matches = queries.demographic_query(session, current_app.extensions["hie.keyring"], demographics, count,
+                                        thresholds_for(session, identity.region_code), only_certain)
+    entries = []
+    for match in matches:
+        identifiers = [{"system": IDENTIFIER_SYSTEM + ref["institution_code"], "value": ref["local_id"]}
+                       for ref in queries.identifiers(session, match.person_id)]
+        entries.append({
+            "fullUrl": f"{request.host_url}fhir/Patient/{match.person_id}",
+            "resource": {"resourceType": "Patient", "id": match.person_id, "identifier": identifiers},
+            "search": {"mode": "match", "score": match.score,
+                       "extension": [{"url": MATCH_GRADE_URL, "valueCode": match.grade}]},
+        })
+    audit.record("match", resource_type="Patient", purpose="treatment", detail=f"results={len(entries)}")
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+    return Response(json.dumps(bundle, ensure_ascii=False), status=200, mimetype=FHIR_JSON)

@@ -1,0 +1,238 @@
+"""Registration of local records: normalise, find candidates by blind blocking keys, score, link or queue."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.orm import Session
+
+from hie.empi import features
+from hie.empi.matching import ModelWeights, Outcome, Thresholds, blocking_keys, classify, default_model, score
+from hie.empi.models import (
+    BlockingKey,
+    MasterPerson,
+    MatchModel,
+    NotAMatch,
+    PersonEvent,
+    PersonRecord,
+    PersonStatus,
+    RegionThresholds,
+    ReviewItem,
+)
+from hie.empi.normalize import NormalizedRecord, normalize_record
+from hie.platform.cache import Cache
+from hie.platform.crypto import KeyRing
+from hie.platform.db import new_id, utcnow
+from hie.platform.jobs.services import PLATFORM, emit
+
+MAX_CANDIDATES = 50
+DEMOGRAPHIC_FIELDS = ("name", "family_name", "given_name", "sex", "birth_date", "id_type", "id_number", "phone",
+                      "address")
+_MODEL_TTL = 60.0
+_model_cache: dict[str, tuple[ModelWeights, float]] = {}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a registering institution gets back."""
+
+    record: PersonRecord
+    person_id: str
+    outcome: str
+    weight: float | None
+    changed: bool
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An existing record scored against the incoming one."""
+
+    record: PersonRecord
+    person_id: str
+    weight: float
+    levels: dict[str, str]
+    veto: str | None
+
+
+def record_aad(record_id: str) -> str:
+    """Sealed demographics belong to exactly one EMPI record."""
+    return f"empi_records.demographics|{record_id}"
+
+
+def local_cache_key(institution_id: int, local_id: str) -> str:
+    """Cache key of the hot lookup local id -> master person."""
+    return f"empi:local:{institution_id}:{local_id}"
+
+
+def current_model(session: Session) -> ModelWeights:
+    """The newest stored weights (the defaults before any training), re-read at most once a minute."""
+    hit = _model_cache.get("model")
+    if hit is not None and time.monotonic() - hit[1] < _MODEL_TTL:
+        return hit[0]
+    row = session.scalar(select(MatchModel).order_by(MatchModel.version.desc()).limit(1))
+    model = ModelWeights.from_dict(row.weights) if row is not None else default_model()
+    _model_cache["model"] = (model, time.monotonic())
+    return model
+
+
+def forget_cached_model() -> None:
+    """After training, use the new weights at once in this process."""
+    _model_cache.clear()
+
+
+def thresholds_for(session: Session, region_code: str | None) -> Thresholds:
+    """The region's thresholds, or the engine's defaults."""
+    row = session.get(RegionThresholds, region_code) if region_code else None
+    return Thresholds(link=row.link, review=row.review) if row is not None else Thresholds()
+
+
+def survivor(session: Session, person_id: str) -> str:
+    """Follow merges to the person that holds the records now."""
+    seen = set()
+    while person_id not in seen:
+        seen.add(person_id)
+        person = session.get(MasterPerson, person_id)
+        if person is None or person.merged_into is None:
+            return person_id
+        person_id = person.merged_into
+    return person_id
+
+
+def unseal_demographics(ring: KeyRing, record: PersonRecord) -> dict[str, Any]:
+    """Raw demographics and normalised features of a record."""
+    return json.loads(ring.decrypt(record.demographics_enc, record_aad(record.id)))
+
+
+def _clean(demographics: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) for k, v in demographics.items() if k in DEMOGRAPHIC_FIELDS and v not in (None, "")}
+
+
+_CANDIDATES = (
+    select(BlockingKey.record_id, func.count().label("shared"))
+    .where(BlockingKey.key_hash.in_(bindparam("keys", expanding=True)))
+    .group_by(BlockingKey.record_id)
+    .order_by(func.count().desc())
+    .limit(MAX_CANDIDATES + 1)
+)
+
+
+def key_hashes(ring: KeyRing, normalized: NormalizedRecord) -> list[str]:
+    """Blind indexes of the blocking keys: the index tables never hold a plaintext identifier."""
+    return sorted({ring.blind_index("empi.block", key) for key in blocking_keys(normalized)})
+
+
+def find_candidates(session: Session, ring: KeyRing, normalized: NormalizedRecord, hashes: list[str],
+                    model: ModelWeights, exclude: str | None = None) -> list[Candidate]:
+    """Existing records sharing most blocking keys, scored, best first."""
+    if not hashes:
+        return []
+    ids = [row.record_id for row in session.execute(_CANDIDATES, {"keys": hashes}) if row.record_id != exclude]
+    if not ids:
+        return []
+    records = session.scalars(select(PersonRecord).where(PersonRecord.id.in_(ids))).all()
+    scored = []
+    for record in records:
+        other = features.from_json(unseal_demographics(ring, record)["norm"])
+        result = score(normalized, other, model)
+        scored.append(Candidate(record, record.person_id, result.weight, result.levels, result.veto))
+    return sorted(scored, key=lambda c: c.weight, reverse=True)
+
+
+def _refused_pairs(session: Session, record_id: str, candidate_ids: list[str]) -> set[str]:
+    if not candidate_ids:
+        return set()
+    rows = session.execute(select(NotAMatch.record_a, NotAMatch.record_b).where(
+        ((NotAMatch.record_a == record_id) & NotAMatch.record_b.in_(candidate_ids))
+        | ((NotAMatch.record_b == record_id) & NotAMatch.record_a.in_(candidate_ids))
+    )).all()
+    return {b if a == record_id else a for a, b in rows}
+
+
+def _new_person(session: Session) -> MasterPerson:
+    person = MasterPerson(id=new_id(), status=PersonStatus.active, created_at=utcnow(), updated_at=utcnow())
+    session.add(person)
+    return person
+
+
+def _store_keys(session: Session, record_id: str, hashes: list[str]) -> None:
+    session.execute(delete(BlockingKey).where(BlockingKey.record_id == record_id))
+    session.add_all(BlockingKey(key_hash=h, record_id=record_id) for h in hashes)
+
+
+def decide(session: Session, record_id: str, candidates: list[Candidate],
+           thresholds: Thresholds) -> tuple[Outcome, Candidate | None]:
+    """The best candidate decides: auto-link, review, or a new person; refused pairs are skipped."""
+    refused = _refused_pairs(session, record_id, [c.record.id for c in candidates])
+    for candidate in candidates:
+        if candidate.record.id in refused:
+            continue
+        return classify(candidate.weight, thresholds, candidate.veto), candidate
+    return Outcome.NEW_PERSON, None
+
+
+def register(
+    session: Session, ring: KeyRing, cache: Cache, *, institution_id: int, tenant_code: str, local_id: str,
+    demographics: dict[str, Any], region_code: str | None = None, patient_id: str | None = None,
+    user_id: int | None = None,
+) -> Registration:
+    """Register or update a local record and return its master person; the same input twice changes nothing."""
+    raw = _clean(demographics)
+    fingerprint = ring.blind_index("empi.fingerprint", json.dumps(raw, sort_keys=True, ensure_ascii=False))
+    existing = session.scalar(select(PersonRecord).where(PersonRecord.institution_id == institution_id,
+                                                         PersonRecord.local_id == local_id))
+    if existing is not None and existing.fingerprint == fingerprint:
+        return Registration(existing, survivor(session, existing.person_id), "unchanged", existing.match_weight,
+                            False)
+    normalized = normalize_record({"rec_id": local_id, **raw})
+    hashes = key_hashes(ring, normalized)
+    record = existing or PersonRecord(id=new_id(), institution_id=institution_id, tenant_code=tenant_code,
+                                      local_id=local_id, created_at=utcnow())
+    record.patient_id = patient_id or record.patient_id
+    record.fingerprint = fingerprint
+    record.demographics_enc = ring.encrypt(
+        json.dumps({"raw": raw, "norm": features.to_json(normalized)}, ensure_ascii=False), record_aad(record.id))
+    record.updated_at = utcnow()
+    if existing is not None:
+        _store_keys(session, record.id, hashes)
+        session.flush()
+        return Registration(record, survivor(session, record.person_id), "updated", record.match_weight, True)
+    model = current_model(session)
+    candidates = find_candidates(session, ring, normalized, hashes, model)
+    outcome, best = decide(session, record.id, candidates, thresholds_for(session, region_code))
+    if outcome is Outcome.AUTO_LINK and best is not None:
+        person_id = survivor(session, best.person_id)
+    else:
+        person_id = _new_person(session).id
+    record.person_id = person_id
+    record.match_weight = best.weight if best is not None else None
+    session.add(record)
+    session.flush()
+    _store_keys(session, record.id, hashes)
+    if outcome is Outcome.REVIEW and best is not None:
+        session.add(ReviewItem(record_id=record.id, candidate_id=best.record.id, weight=best.weight,
+                               levels=best.levels, veto=best.veto, created_at=utcnow()))
+    session.add(PersonEvent(action="link" if outcome is Outcome.AUTO_LINK else "create", person_id=person_id,
+                            record_ids=[record.id], detail={"outcome": outcome.value,
+                                                            "weight": record.match_weight},
+                            user_id=user_id, created_at=utcnow()))
+    session.flush()
+    emit(session, PLATFORM, "empi.record_linked", {"record_id": record.id, "person_id": person_id,
+                                                   "outcome": outcome.value})
+    cache.set(local_cache_key(institution_id, local_id), person_id)
+    return Registration(record, person_id, outcome.value, record.match_weight, True)
+
+
+def person_of_local(session: Session, cache: Cache, institution_id: int, local_id: str) -> str | None:
+    """The master person of a local record: Redis first, then the index."""
+    key = local_cache_key(institution_id, local_id)
+
+    def load() -> str | None:
+        person_id = session.scalar(select(PersonRecord.person_id).where(
+            PersonRecord.institution_id == institution_id, PersonRecord.local_id == local_id))
+        return survivor(session, person_id) if person_id else None
+
+    return cache.get_or_load(key, load)
