@@ -20,7 +20,7 @@ def test_worker_burst_delivers_what_is_queued(client, app, as_user, platform_db,
     new_patient(client, as_user("yaodu.doctor"))
     if REDIS_URL:
         assert _count(platform_db) is None
-        assert app.extensions["hie.queue"].count == 1
+        assert app.extensions["hie.queue"].count >= 1
     result = CliRunner().invoke(main, ["worker", "--burst"], env=hie_environ(home))
     assert result.exit_code == 0, result.output
     assert "outbox sweep" in result.output
