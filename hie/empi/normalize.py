@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import opencc
 from pypinyin import lazy_pinyin
@@ -89,6 +90,7 @@ class Address:
     village: str | None = None
     house_number: str | None = None
     is_chinese: bool = False
+    postcode: str | None = None
 
 
 @dataclass(slots=True)
@@ -140,9 +142,32 @@ def canonical_text(text: str | None) -> str:
         return ""
     text = unicodedata.normalize("NFKC", text)
     text = re.sub(r"[\s\u00b7\u2022\u30fb.]+", "", text)
-    if not text.isascii():
+    if not text.isascii() and _is_traditional(text):
         text = _t2s().convert(text)
     return text
+
+
+@lru_cache(maxsize=1)
+def _traditional_markers() -> tuple[frozenset[str], tuple[str, ...]]:
+    """Characters and phrases that t2s changes, so simplified text (most rows) can skip the slow converter."""
+    folder = Path(opencc.__file__).parent / "dictionary"
+    chars: set[str] = set()
+    for line in (folder / "TSCharacters.txt").read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("\t")
+        if value.split(" ")[0] != key:
+            chars.add(key)
+    phrases = []
+    for line in (folder / "TSPhrases.txt").read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("\t")
+        if value.split(" ")[0] != key and not chars.intersection(key):
+            phrases.append(key)
+    return frozenset(chars), tuple(phrases)
+
+
+def _is_traditional(text: str) -> bool:
+    """Whether t2s would change the text at all."""
+    chars, phrases = _traditional_markers()
+    return not chars.isdisjoint(text) or any(p in text for p in phrases)
 
 
 def has_hanzi(text: str) -> bool:
@@ -190,6 +215,25 @@ def _surname_pinyins() -> tuple[str, ...]:
     """Known surname pinyins, longest first, for splitting run-together typed names like 'zhangsan'."""
     readings = {surname_pinyin(s) for s in _COMMON_SURNAMES} | {surname_pinyin(s) for s in COMPOUND_SURNAMES}
     return tuple(sorted(readings, key=len, reverse=True))
+
+
+@lru_cache(maxsize=1)
+def _pinyin_syllables() -> frozenset[str]:
+    """Every toneless pinyin syllable with a vowel, from pypinyin's character readings."""
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    readings = {latin_key(r) for value in pinyin_dict.values() for r in value.split(",")}
+    return frozenset(r for r in readings if r and set(r) & set("aeiouv"))
+
+
+@lru_cache(maxsize=65536)
+def is_pinyin(text: str) -> bool:
+    """Whether a lowercase Latin key splits into pinyin syllables, i.e. could be a typed Chinese name."""
+    syllables = _pinyin_syllables()
+    reachable = [True] + [False] * len(text)
+    for end in range(1, len(text) + 1):
+        reachable[end] = any(reachable[start] and text[start:end] in syllables for start in range(max(0, end - 6), end))
+    return bool(text) and reachable[-1]
 
 
 def split_pinyin_name(name: str) -> tuple[str | None, str | None]:
@@ -313,7 +357,7 @@ def parse_address(raw: str | None) -> Address | None:
     if not text:
         return None
     if not has_hanzi(text):
-        return Address(text=" ".join(latin_key(t) or t.lower() for t in re.split(r"[\s,;]+", raw or "") if t))
+        return _latin_address(raw or "")
     rest = text
     parts: dict[str, str] = {}
     for level, pattern in _ADDRESS_PARTS:
@@ -333,6 +377,14 @@ def parse_address(raw: str | None) -> Address | None:
         house_number=house_number,
         is_chinese=True,
     )
+
+
+def _latin_address(raw: str) -> Address:
+    """Latin address as lowercase tokens, with the leading house number and the postcode pulled out."""
+    tokens = [latin_key(t) or t.lower() for t in re.split(r"[\s,;]+", raw) if t]
+    house = tokens[0] if tokens and tokens[0].isdigit() else None
+    codes = [t for t in tokens[1:] if t.isdigit() and 4 <= len(t) <= 6]
+    return Address(text=" ".join(tokens), house_number=house, postcode=codes[-1] if codes else None)
 
 
 def _admin_stem(part: str | None) -> str | None:

@@ -158,7 +158,8 @@ def _new_person(session: Session) -> MasterPerson:
     return person
 
 
-def _store_keys(session: Session, record_id: str, hashes: list[str]) -> None:
+def store_keys(session: Session, record_id: str, hashes: list[str]) -> None:
+    """Replace a record's blind blocking keys."""
     session.execute(delete(BlockingKey).where(BlockingKey.record_id == record_id))
     session.add_all(BlockingKey(key_hash=h, record_id=record_id) for h in hashes)
 
@@ -197,7 +198,7 @@ def register(
         json.dumps({"raw": raw, "norm": features.to_json(normalized)}, ensure_ascii=False), record_aad(record.id))
     record.updated_at = utcnow()
     if existing is not None:
-        _store_keys(session, record.id, hashes)
+        store_keys(session, record.id, hashes)
         session.flush()
         return Registration(record, survivor(session, record.person_id), "updated", record.match_weight, True)
     model = current_model(session)
@@ -211,7 +212,7 @@ def register(
     record.match_weight = best.weight if best is not None else None
     session.add(record)
     session.flush()
-    _store_keys(session, record.id, hashes)
+    store_keys(session, record.id, hashes)
     if outcome is Outcome.REVIEW and best is not None:
         session.add(ReviewItem(record_id=record.id, candidate_id=best.record.id, weight=best.weight,
                                levels=best.levels, veto=best.veto, created_at=utcnow()))

@@ -62,7 +62,7 @@ def unmerge(session: Session, cache: Cache, person_id: str, user_id: int | None)
         raise LookupError(person_id)
     merge_event = session.scalar(
         select(PersonEvent).where(PersonEvent.other_person_id == person_id,
-                                  PersonEvent.action.in_(["merge", "review_link"]),
+                                  PersonEvent.action.in_(["merge", "review_link", "rebuild_link"]),
                                   PersonEvent.undone_by.is_(None))
         .order_by(PersonEvent.id.desc()).limit(1)
     )

@@ -166,9 +166,11 @@ def keys_rotate(batch: int) -> None:
 
 
 def _register_module_commands() -> None:
-    from hie.tenants.cli import register
+    from hie.empi.cli import register as register_empi
+    from hie.tenants.cli import register as register_tenants
 
-    register(main)
+    register_tenants(main)
+    register_empi(main)
 
 
 _register_module_commands()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from hie.empi.normalize import NormalizedRecord
+from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
 
 _SOUNDEX_CODES = {c: str(d) for d, letters in enumerate(
     ("aeiouyhw", "bfpv", "cgjkqsxz", "dt", "l", "mn", "r")) for c in letters}
@@ -36,7 +36,7 @@ def _date_keys(dates: tuple[dt.date, ...]) -> set[str]:
 
 
 def blocking_keys(rec: NormalizedRecord) -> list[str]:
-    """Candidate keys: ID, phone, birth date (+swap), pinyin name, given name+year; Soundex for Latin names."""
+    """Candidate keys: ID (+digit anagram), phone, birth date (+swap), names, postcode with house number or surname."""
     keys: set[str] = set()
     if rec.id_number:
         keys.add(f"id:{rec.id_type}:{rec.id_number}")
@@ -54,4 +54,12 @@ def blocking_keys(rec: NormalizedRecord) -> list[str]:
             keys.update(f"sy:{soundex(rec.family_pinyin)}:{year}" for year in years)
         if len(names) == 2:
             keys.add(f"sx:{''.join(sorted(soundex(p) for p in names))}")
+    if rec.id_number and rec.id_type != RESIDENT_ID_TYPE:
+        keys.add(f"ix:{rec.id_type}:{''.join(sorted(rec.id_number))}")
+    address = rec.address
+    if address is not None and address.postcode:
+        if address.house_number:
+            keys.add(f"pc:{address.postcode}:{address.house_number}")
+        if rec.family_pinyin:
+            keys.add(f"ps:{address.postcode}:{soundex(rec.family_pinyin)}")
     return sorted(keys)

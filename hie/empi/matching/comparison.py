@@ -62,9 +62,13 @@ def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
     a_full, b_full = a.full_pinyin, b.full_pinyin
     if a_full and a_full == b_full and (fam < 4 or giv < 4):
         return 4, 4
-    if a.family_pinyin and a.given_pinyin and a.family_pinyin == b.given_pinyin \
-            and a.given_pinyin == b.family_pinyin:
-        return 4, 4
+    if a.family_pinyin and a.given_pinyin and b.family_pinyin and b.given_pinyin and (fam < 3 or giv < 3):
+        if a.family_pinyin == b.given_pinyin and a.given_pinyin == b.family_pinyin:
+            return 4, 4
+        cross = min(JaroWinkler.normalized_similarity(a.family_pinyin, b.given_pinyin),
+                    JaroWinkler.normalized_similarity(a.given_pinyin, b.family_pinyin))
+        if cross >= 0.92:
+            return 3, 3
     return fam, giv
 
 

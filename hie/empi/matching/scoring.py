@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from hie.empi.matching.comparison import DISAGREE, FIELD_LEVELS, FIELDS, compare
 from hie.empi.matching.model import ModelWeights
-from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
+from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord, is_pinyin
 
 _GIVEN = FIELDS.index("given_name")
 _ID = FIELDS.index("id_number")
@@ -16,6 +16,11 @@ _ID_CLOSE = FIELD_LEVELS["id_number"].index("close")
 
 VETO_DIFFERENT_IDS = "different valid resident IDs"
 VETO_GIVEN_NAMES = "given names disagree and IDs do not agree"
+
+
+def chinese_given_name(rec: NormalizedRecord) -> bool:
+    """Hanzi or pinyin given name: chosen per child, so a different one marks a sibling, not a typo or nickname."""
+    return rec.name_is_hanzi or bool(rec.given_pinyin and is_pinyin(rec.given_pinyin))
 
 
 class Outcome(StrEnum):
@@ -47,13 +52,13 @@ class MatchScore(NamedTuple):
 
 
 def veto_reason(a: NormalizedRecord, b: NormalizedRecord, levels: tuple[int, ...]) -> str | None:
-    """Hard rules no weight can override: distinct valid resident IDs, or twins' distinct given names."""
+    """Hard rules no weight can override: distinct valid resident IDs, or twins' distinct Chinese given names."""
     if (
         a.id_valid and b.id_valid and a.id_type == RESIDENT_ID_TYPE == b.id_type
         and a.id_number != b.id_number
     ):
         return VETO_DIFFERENT_IDS
-    if levels[_GIVEN] == DISAGREE and levels[_ID] < _ID_CLOSE:
+    if levels[_GIVEN] == DISAGREE and levels[_ID] < _ID_CLOSE and chinese_given_name(a) and chinese_given_name(b):
         return VETO_GIVEN_NAMES
     return None
 

@@ -14,7 +14,8 @@ def bind_app(app: Flask) -> None:
     _bound["app"] = app
 
 
-def _app() -> Flask:
+def worker_app() -> Flask:
+    """The app jobs in this process run in, made from the environment when none was bound."""
     if "app" not in _bound:
         from hie.platform.app import create_app
 
@@ -24,5 +25,5 @@ def _app() -> Flask:
 
 def deliver_event(shard: str, event_id: str) -> bool:
     """Deliver one outbox event to its handlers."""
-    with _app().app_context():
+    with worker_app().app_context():
         return services.deliver(shard, event_id)
