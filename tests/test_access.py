@@ -11,7 +11,7 @@ from hie.platform.audit.models import AuditEvent
 from hie.platform.auth import accounts
 from hie.platform.auth.models import Role
 from hie.platform.db import session_scope, utcnow
-from tests.conftest import PASSWORD, login, new_patient
+from tests.conftest import PASSWORD, login, new_patient, valid_id
 
 REASON = "patient unconscious, allergy history needed"
 
@@ -28,7 +28,7 @@ def test_other_institution_in_same_tenant_needs_a_care_relationship(client, app,
     assert client.get(url, headers=as_user("yaodu.fd")).status_code == 404
     assert client.get("/api/v1/patients", headers=as_user("yaodu.fd")).get_json() == []
     with session_scope(app.extensions["hie.engines"].platform) as session:
-        relationship = care.grant(session, _institution_id(platform_db, "YAODU-T1"), "yaodu", patient["id"],
+        relationship = care.grant(session, _institution_id(platform_db, "YAODU-T1"), patient["master_person_id"],
                                   care.CareKind.contract, "contract-1")
         relationship_id = relationship.id
     response = client.get(url, headers=as_user("yaodu.fd"))
@@ -44,7 +44,7 @@ def test_other_institution_in_same_tenant_needs_a_care_relationship(client, app,
 def test_care_relationship_reads_but_never_writes(client, app, as_user, platform_db):
     patient = new_patient(client, as_user("yaodu.doctor"))
     with session_scope(app.extensions["hie.engines"].platform) as session:
-        care.grant(session, _institution_id(platform_db, "YAODU-T1"), "yaodu", patient["id"],
+        care.grant(session, _institution_id(platform_db, "YAODU-T1"), patient["master_person_id"],
                    care.CareKind.referral)
     response = client.patch(f"/api/v1/patients/{patient['id']}", json={"phone": "13800000000"},
                             headers=as_user("yaodu.fd"))
@@ -80,7 +80,8 @@ def test_nurse_cannot_break_glass(client, app, as_user):
 
 def test_resident_reads_only_their_own_record(client, app, as_user):
     own = new_patient(client, as_user("yaodu.fd"), mrn="R-1")
-    other = new_patient(client, as_user("yaodu.fd"), mrn="R-2", name="李四")
+    other = new_patient(client, as_user("yaodu.fd"), mrn="R-2", name="李四", sex="M", birth_date="1990-01-01",
+                        id_number=valid_id("14100219900101001"), phone="13700000000", address=None)
     with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
         accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-T1", PASSWORD, patient_id=own["id"])
     headers = login(client, "resident.wang")
@@ -125,3 +126,22 @@ def run_jobs(app):
 
     tasks.bind_app(app)
     SimpleWorker([QUEUE_NAME], connection=client).work(burst=True)
+
+
+def test_care_relationship_follows_merge_and_unmerge(client, app, as_user, platform_db):
+    patient = new_patient(client, as_user("yaodu.doctor"))
+    other = new_patient(client, as_user("yaodu.doctor"), mrn="MRN-2", name="赵六", birth_date="1970-01-01",
+                        id_number=None, phone="13600000001", address=None)
+    with session_scope(app.extensions["hie.engines"].platform) as session:
+        care.grant(session, _institution_id(platform_db, "YAODU-T1"), other["master_person_id"],
+                   care.CareKind.contract)
+    steward, family_doctor = as_user("steward"), as_user("yaodu.fd")
+    assert client.get(f"/api/v1/patients/{patient['id']}", headers=family_doctor).status_code == 404
+    client.post(f"/api/v1/empi/persons/{other['master_person_id']}/merge",
+                json={"into": patient["master_person_id"]}, headers=steward)
+    run_jobs(app)
+    assert client.get(f"/api/v1/patients/{patient['id']}", headers=family_doctor).status_code == 200
+    client.post(f"/api/v1/empi/persons/{other['master_person_id']}/unmerge", headers=steward)
+    run_jobs(app)
+    assert client.get(f"/api/v1/patients/{patient['id']}", headers=family_doctor).status_code == 404
+    assert client.get(f"/api/v1/patients/{other['id']}", headers=family_doctor).status_code == 200

@@ -269,6 +269,7 @@ def _name_part(text: str | None) -> tuple[str | None, str | None, bool]:
     return (key or None), (key or None), False
 
 
+@lru_cache(maxsize=65536)
 def normalize_name(
     name: str | None, family: str | None = None, given: str | None = None
 ) -> tuple[str | None, str | None, str | None, str | None, bool]:
@@ -311,6 +312,7 @@ def parse_resident_id(raw: str | None, today: dt.date | None = None) -> Resident
     return ResidentId(number, valid, upgraded, birth if plausible else None, sex if plausible else None)
 
 
+@lru_cache(maxsize=65536)
 def normalize_phone(raw: str | None) -> str | None:
     """Digits of a Chinese mobile or landline without +86/0086 or separators; landlines keep the 0."""
     text = unicodedata.normalize("NFKC", raw or "")
@@ -335,6 +337,7 @@ def _safe_date(year: int, month: int, day: int) -> dt.date | None:
         return None
 
 
+@lru_cache(maxsize=65536)
 def parse_date(raw: str | None) -> ParsedDate | None:
     """Parse YYYY-MM-DD, YYYYMMDD, YYYY/M/D or YYYY年M月D日; flag dates whose day and month may be swapped."""
     text = unicodedata.normalize("NFKC", raw or "").strip()
@@ -351,6 +354,7 @@ def parse_date(raw: str | None) -> ParsedDate | None:
     return None
 
 
+@lru_cache(maxsize=65536)
 def parse_address(raw: str | None) -> Address | None:
     """Split a Chinese address into province, city, county, township, village and house number."""
     text = canonical_text(raw)

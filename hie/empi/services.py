@@ -107,8 +107,20 @@ def unseal_demographics(ring: KeyRing, record: PersonRecord) -> dict[str, Any]:
     return json.loads(ring.decrypt(record.demographics_enc, record_aad(record.id)))
 
 
-def _clean(demographics: dict[str, Any]) -> dict[str, Any]:
+def clean_demographics(demographics: dict[str, Any]) -> dict[str, str]:
+    """The fields the EMPI keeps, as strings; shared with bulk loaders so they store what register() stores."""
     return {k: str(v) for k, v in demographics.items() if k in DEMOGRAPHIC_FIELDS and v not in (None, "")}
+
+
+def fingerprint_of(ring: KeyRing, raw: dict[str, str]) -> str:
+    """Blind hash of the cleaned demographics: the same input twice is recognised without unsealing."""
+    return ring.blind_index("empi.fingerprint", json.dumps(raw, sort_keys=True, ensure_ascii=False))
+
+
+def seal_demographics(ring: KeyRing, record_id: str, raw: dict[str, str], normalized: NormalizedRecord) -> str:
+    """Raw and normalised demographics sealed to their record, so candidates need no re-normalising."""
+    return ring.encrypt(json.dumps({"raw": raw, "norm": features.to_json(normalized)}, ensure_ascii=False),
+                        record_aad(record_id))
 
 
 _CANDIDATES = (
@@ -181,8 +193,8 @@ def register(
     user_id: int | None = None,
 ) -> Registration:
     """Register or update a local record and return its master person; the same input twice changes nothing."""
-    raw = _clean(demographics)
-    fingerprint = ring.blind_index("empi.fingerprint", json.dumps(raw, sort_keys=True, ensure_ascii=False))
+    raw = clean_demographics(demographics)
+    fingerprint = fingerprint_of(ring, raw)
     existing = session.scalar(select(PersonRecord).where(PersonRecord.institution_id == institution_id,
                                                          PersonRecord.local_id == local_id))
     if existing is not None and existing.fingerprint == fingerprint:
@@ -194,8 +206,7 @@ def register(
                                       local_id=local_id, created_at=utcnow())
     record.patient_id = patient_id or record.patient_id
     record.fingerprint = fingerprint
-    record.demographics_enc = ring.encrypt(
-        json.dumps({"raw": raw, "norm": features.to_json(normalized)}, ensure_ascii=False), record_aad(record.id))
+    record.demographics_enc = seal_demographics(ring, record.id, raw, normalized)
     record.updated_at = utcnow()
     if existing is not None:
         store_keys(session, record.id, hashes)
@@ -237,3 +248,10 @@ def person_of_local(session: Session, cache: Cache, institution_id: int, local_i
         return survivor(session, person_id) if person_id else None
 
     return cache.get_or_load(key, load)
+
+
+def person_of_patient(session: Session, tenant_code: str, patient_id: str) -> str | None:
+    """The master person of a shard's patient record, by the record id the shard gave it."""
+    person_id = session.scalar(select(PersonRecord.person_id).where(PersonRecord.patient_id == patient_id,
+                                                                    PersonRecord.tenant_code == tenant_code))
+    return survivor(session, person_id) if person_id else None

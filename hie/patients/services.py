@@ -11,13 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
+from hie.empi.models import PersonRecord
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import seal, search_index, unseal
-from hie.platform import access
+from hie.platform import access, care
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
 from hie.platform.cache import Cache
-from hie.platform.care import CareRelationship
 from hie.platform.crypto import keyring
 from hie.platform.db import new_id, platform_session, shard_session, utcnow
 from hie.platform.jobs.services import emit
@@ -99,7 +99,8 @@ def _visible(identity: Identity, patient_id: str, write: bool, reason: str | Non
     patient = shard_session(identity.tenant_code).get(Patient, patient_id) if len(patient_id) <= 36 else None
     basis = None
     if patient is not None:
-        record = access.PatientRecordRef(identity.tenant_code, patient.id, patient.institution_id)
+        person_id = empi.person_of_local(platform_session(), _cache(), patient.institution_id, patient.mrn)
+        record = access.PatientRecordRef(identity.tenant_code, patient.id, patient.institution_id, person_id)
         basis = access.patient_basis(platform_session(), identity, record, write, reason)
     if patient is None or basis is None:
         audit.record(action, "denied" if patient is not None else "not_found", resource_type=RESOURCE,
@@ -136,21 +137,19 @@ def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_matc
     return view(identity, patient, basis)
 
 
-def _care_patient_ids(platform: Session, identity: Identity) -> Any:
-    now = utcnow()
-    return select(CareRelationship.patient_id).where(
-        CareRelationship.institution_id == identity.institution_id,
-        CareRelationship.patient_tenant_code == identity.tenant_code,
-        CareRelationship.starts_at <= now,
-        or_(CareRelationship.ends_at.is_(None), CareRelationship.ends_at > now),
-    )
+def _care_patient_ids(platform: Session, identity: Identity) -> list[str]:
+    """Patient records in the caller's shard whose person the caller's institution is caring for."""
+    return [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
+        PersonRecord.tenant_code == identity.tenant_code,
+        PersonRecord.person_id.in_(care.active_persons(identity.institution_id)),
+    )) if pid]
 
 
 def search(identity: Identity, filters: dict[str, str], offset: int, limit: int) -> tuple[list[dict], int]:
     """Records the caller may see that match every filter; total counts only those."""
     ring = keyring()
     platform = platform_session()
-    care_ids = list(platform.scalars(_care_patient_ids(platform, identity)))
+    care_ids = _care_patient_ids(platform, identity)
     query = select(Patient).where(
         or_(Patient.institution_id == identity.institution_id, Patient.id.in_(care_ids))
     )

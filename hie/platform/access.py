@@ -88,11 +88,21 @@ class Basis(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PatientRecordRef:
-    """Where a patient record lives: its shard, its id, the institution that holds it."""
+    """Where a patient record lives (shard, id, holding institution) and whose it is (master person)."""
 
     tenant_code: str
     patient_id: str
     institution_id: int
+    master_person_id: str | None
+
+
+def resident_person(platform: Session, identity: Identity) -> str | None:
+    """The master person a resident account stands for."""
+    if identity.patient_id is None:
+        return None
+    from hie.empi.services import person_of_patient
+
+    return person_of_patient(platform, identity.tenant_code, identity.patient_id)
 
 
 def patient_basis(
@@ -101,9 +111,11 @@ def patient_basis(
 ) -> Basis | None:
     """The basis on which the caller may see (or write) this record, or None: then it answers 404."""
     granted = permissions_of(identity)
-    if Permission.own_record_read in granted and not write and identity.patient_id == record.patient_id \
-            and identity.tenant_code == record.tenant_code:
-        return Basis.self
+    if Permission.own_record_read in granted and not write:
+        own = identity.patient_id == record.patient_id and identity.tenant_code == record.tenant_code
+        if own or (record.master_person_id is not None
+                   and resident_person(platform, identity) == record.master_person_id):
+            return Basis.self
     needed = Permission.patient_write if write else Permission.patient_read
     if needed not in granted:
         return None
@@ -111,7 +123,7 @@ def patient_basis(
         return Basis.own_institution
     if write:
         return None
-    if care.has_active(platform, identity.institution_id, record.tenant_code, record.patient_id):
+    if care.has_active(platform, identity.institution_id, record.master_person_id):
         return Basis.care_relationship
     if break_glass_reason and Permission.patient_break_glass in granted:
         return Basis.break_glass

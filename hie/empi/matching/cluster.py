@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,28 +39,31 @@ class ClusterResult:
 
 def candidate_pairs(records: Sequence[NormalizedRecord], max_block: int = MAX_BLOCK_SIZE) -> np.ndarray:
     """Distinct (i, j) pairs sharing a blocking key; oversized blocks (shared clinic phones) are skipped."""
-    blocks: dict[str, list[int]] = defaultdict(list)
+    key_ids: dict[str, int] = {}
+    block_of: list[int] = []
+    member: list[int] = []
     for index, rec in enumerate(records):
         for key in blocking_keys(rec):
-            blocks[key].append(index)
-    chunks = []
-    skipped = 0
-    for members in blocks.values():
-        size = len(members)
-        if size < 2:
-            continue
-        if size > max_block:
-            skipped += 1
-            continue
-        idx = np.asarray(members, dtype=np.int64)
-        left, right = np.triu_indices(size, k=1)
-        chunks.append(idx[left] * len(records) + idx[right])
+            block_of.append(key_ids.setdefault(key, len(key_ids)))
+            member.append(index)
+    n = len(records)
+    order = np.argsort(np.asarray(block_of, dtype=np.int64), kind="stable")
+    members = np.asarray(member, dtype=np.int64)[order]
+    sizes = np.bincount(np.asarray(block_of, dtype=np.int64), minlength=len(key_ids))
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else sizes
+    skipped = int((sizes > max_block).sum())
     if skipped:
         log.info("skipped %s blocks larger than %s records", skipped, max_block)
+    chunks = []
+    for size in np.unique(sizes[(sizes >= 2) & (sizes <= max_block)]).tolist():
+        first = starts[sizes == size]
+        left, right = np.triu_indices(size, k=1)
+        a, b = members[first[:, None] + left], members[first[:, None] + right]
+        chunks.append((np.minimum(a, b) * n + np.maximum(a, b)).ravel())
     if not chunks:
         return np.zeros((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(chunks))
-    return np.stack([codes // len(records), codes % len(records)], axis=1)
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 class _Persons:

@@ -65,10 +65,12 @@ def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
     if a.family_pinyin and a.given_pinyin and b.family_pinyin and b.given_pinyin and (fam < 3 or giv < 3):
         if a.family_pinyin == b.given_pinyin and a.given_pinyin == b.family_pinyin:
             return 4, 4
-        cross = min(JaroWinkler.normalized_similarity(a.family_pinyin, b.given_pinyin),
-                    JaroWinkler.normalized_similarity(a.given_pinyin, b.family_pinyin))
-        if cross >= 0.92:
+        cross = sorted((JaroWinkler.normalized_similarity(a.family_pinyin, b.given_pinyin),
+                        JaroWinkler.normalized_similarity(a.given_pinyin, b.family_pinyin)))
+        if cross[0] >= 0.92 or (cross[0] >= 0.8 and cross[1] == 1.0):
             return 3, 3
+        if fam < 3 and not (a.name_is_hanzi or b.name_is_hanzi) and cross[1] == 1.0:
+            return 4, giv
     return fam, giv
 
 
@@ -155,8 +157,10 @@ def compare_addresses(a: NormalizedRecord, b: NormalizedRecord) -> int:
         return 4
     if a.address.is_chinese and b.address.is_chinese:
         return _chinese_address_level(a.address, b.address)
-    sim = fuzz.token_sort_ratio(a.address.text, b.address.text) / 100.0
-    if sim >= 0.85:
+    x, y = a.address, b.address
+    sim = max(fuzz.token_sort_ratio(x.text, y.text), fuzz.ratio(x.text.replace(" ", ""), y.text.replace(" ", "")))
+    sim /= 100.0
+    if sim >= 0.85 or (sim >= 0.6 and x.postcode and x.postcode == y.postcode and x.house_number == y.house_number):
         return 3
     if sim >= 0.6:
         return 2
