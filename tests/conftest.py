@@ -22,6 +22,7 @@ from hie.empi.models import (
     RegionThresholds,
     ReviewItem,
 )
+from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
 from hie.patients.models import Patient
 from hie.patients.stats import InstitutionPatientCount
 from hie.platform.app import create_app
@@ -40,7 +41,7 @@ MYSQL_URL = os.environ.get("HIE_TEST_MYSQL_URL")
 REDIS_URL = os.environ.get("HIE_TEST_REDIS_URL")
 PASSWORD = "Test-pass-123"
 TENANTS = ("linfen", "yaodu", "quwo")
-MYSQL_PREFIX = "hie_test_"
+MYSQL_PREFIX = f"hie_test{os.getpid()}_"
 
 USERS: dict[str, tuple[Role, str]] = {
     "admin": (Role.platform_admin, "LF-HC"),
@@ -62,7 +63,8 @@ USERS: dict[str, tuple[Role, str]] = {
 def _drop_mysql_databases() -> None:
     engine = create_engine(MYSQL_URL)
     with engine.begin() as conn:
-        names = conn.execute(text("SHOW DATABASES LIKE 'hie\\_test\\_%'")).scalars().all()
+        pattern = MYSQL_PREFIX.replace("_", "\\_") + "%"
+        names = conn.execute(text("SHOW DATABASES LIKE :pattern"), {"pattern": pattern}).scalars().all()
         for name in names:
             conn.execute(text(f"DROP DATABASE `{name}`"))
     engine.dispose()
@@ -121,6 +123,8 @@ def app(home: Path) -> Iterator[Flask]:
     _seed(application)
     yield application
     application.extensions["hie.engines"].dispose()
+    if MYSQL_URL:
+        _drop_mysql_databases()
 
 
 def wipe(app: Flask) -> None:
@@ -130,7 +134,7 @@ def wipe(app: Flask) -> None:
         session.execute(update(MasterPerson).values(merged_into=None))
         for model in (AuditEvent, HandledEvent, PlatformOutboxEvent, AuthSession, CareRelationship,
                       InstitutionPatientCount, BlockingKey, ReviewItem, NotAMatch, PersonEvent, PersonRecord,
-                      MasterPerson, MatchModel, RegionThresholds):
+                      MasterPerson, MatchModel, RegionThresholds, RecordLocation):
             session.execute(delete(model))
         session.execute(delete(User).where(User.username.not_in(list(USERS))))
         session.execute(update(User).values(failed_logins=0, locked_until=None, active=True))
@@ -143,7 +147,8 @@ def wipe(app: Flask) -> None:
         session.execute(delete(Tenant).where(Tenant.code.not_in(list(TENANTS))))
     for code in TENANTS:
         with session_scope(shard_engine(app, code)) as shard:
-            shard.execute(delete(Patient))
+            for model in (FhirToken, FhirResourceVersion, FhirResource, Patient):
+                shard.execute(delete(model))
             shard.execute(delete(TenantOutboxEvent))
     client = app.extensions["hie.redis"]
     if client is not None:

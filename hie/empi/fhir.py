@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from hie.empi import queries
 from hie.empi.services import thresholds_for
+from hie.exchange.outcome import FHIR_JSON, HTTP_ISSUE_CODES, FhirError, operation_outcome
 from hie.platform.access import Permission, permissions_of
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import authenticate_request
@@ -19,27 +20,9 @@ from hie.platform.auth.identity import current_identity
 from hie.platform.db import platform_session
 
 bp = Blueprint("fhir_empi", __name__, url_prefix="/fhir")
-FHIR_JSON = "application/fhir+json"
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
 IDENTIFIER_SYSTEM = "urn:hie:institution:"
 RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
-
-
-class FhirError(Exception):
-    """An error answered as an OperationOutcome."""
-
-    def __init__(self, status: int, code: str, diagnostics: str, expression: list[str] | None = None) -> None:
-        super().__init__(diagnostics)
-        self.status, self.code, self.diagnostics, self.expression = status, code, diagnostics, expression
-
-
-def operation_outcome(status: int, code: str, diagnostics: str, expression: list[str] | None = None) -> Response:
-    """FHIR's error body, naming the offending element where known."""
-    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": diagnostics}
-    if expression:
-        issue["expression"] = expression
-    body = {"resourceType": "OperationOutcome", "issue": [issue]}
-    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=FHIR_JSON)
 
 
 @bp.errorhandler(FhirError)
@@ -50,7 +33,7 @@ def _fhir_error(exc: FhirError) -> Response:
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     data = getattr(exc, "data", None) or {}
-    code = {401: "login", 403: "forbidden", 404: "not-found", 413: "too-costly"}.get(exc.code or 500, "processing")
+    code = HTTP_ISSUE_CODES.get(exc.code or 500, "processing")
     return operation_outcome(exc.code or 500, code, data.get("message") or exc.description or exc.name)
 
 

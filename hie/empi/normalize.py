@@ -222,7 +222,7 @@ def _pinyin_syllables() -> frozenset[str]:
     """Every toneless pinyin syllable with a vowel, from pypinyin's character readings."""
     from pypinyin.pinyin_dict import pinyin_dict
 
-    readings = {latin_key(r) for value in pinyin_dict.values() for r in value.split(",")}
+    readings = {latin_key(r) for r in {r for value in pinyin_dict.values() for r in value.split(",")}}
     return frozenset(r for r in readings if r and set(r) & set("aeiouv"))
 
 

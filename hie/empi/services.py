@@ -129,7 +129,9 @@ _CANDIDATES = (
     .group_by(BlockingKey.record_id)
     .order_by(func.count().desc())
     .limit(MAX_CANDIDATES + 1)
+    .subquery()
 )
+_CANDIDATE_RECORDS = select(PersonRecord).join(_CANDIDATES, _CANDIDATES.c.record_id == PersonRecord.id)
 
 
 def key_hashes(ring: KeyRing, normalized: NormalizedRecord) -> list[str]:
@@ -142,12 +144,10 @@ def find_candidates(session: Session, ring: KeyRing, normalized: NormalizedRecor
     """Existing records sharing most blocking keys, scored, best first."""
     if not hashes:
         return []
-    ids = [row.record_id for row in session.execute(_CANDIDATES, {"keys": hashes}) if row.record_id != exclude]
-    if not ids:
-        return []
-    records = session.scalars(select(PersonRecord).where(PersonRecord.id.in_(ids))).all()
     scored = []
-    for record in records:
+    for record in session.scalars(_CANDIDATE_RECORDS, {"keys": hashes}):
+        if record.id == exclude:
+            continue
         other = features.from_json(unseal_demographics(ring, record)["norm"])
         result = score(normalized, other, model)
         scored.append(Candidate(record, record.person_id, result.weight, result.levels, result.veto))
@@ -170,16 +170,26 @@ def _new_person(session: Session) -> MasterPerson:
     return person
 
 
+def _add_keys(session: Session, record_id: str, hashes: list[str]) -> None:
+    """A new record has no keys yet, so it needs no delete first."""
+    session.add_all(BlockingKey(key_hash=h, record_id=record_id) for h in hashes)
+
+
 def store_keys(session: Session, record_id: str, hashes: list[str]) -> None:
     """Replace a record's blind blocking keys."""
     session.execute(delete(BlockingKey).where(BlockingKey.record_id == record_id))
-    session.add_all(BlockingKey(key_hash=h, record_id=record_id) for h in hashes)
+    _add_keys(session, record_id, hashes)
 
 
 def decide(session: Session, record_id: str, candidates: list[Candidate],
            thresholds: Thresholds) -> tuple[Outcome, Candidate | None]:
     """The best candidate decides: auto-link, review, or a new person; refused pairs are skipped."""
-    refused = _refused_pairs(session, record_id, [c.record.id for c in candidates])
+    return _best(candidates, thresholds, _refused_pairs(session, record_id, [c.record.id for c in candidates]))
+
+
+def _best(candidates: list[Candidate], thresholds: Thresholds,
+          refused: set[str]) -> tuple[Outcome, Candidate | None]:
+    """The decision itself, for callers that already know the refused pairs."""
     for candidate in candidates:
         if candidate.record.id in refused:
             continue
@@ -214,7 +224,8 @@ def register(
         return Registration(record, survivor(session, record.person_id), "updated", record.match_weight, True)
     model = current_model(session)
     candidates = find_candidates(session, ring, normalized, hashes, model)
-    outcome, best = decide(session, record.id, candidates, thresholds_for(session, region_code))
+    # The record id was made above, so no not-a-match pair can name it yet: no need to ask the database.
+    outcome, best = _best(candidates, thresholds_for(session, region_code), set())
     if outcome is Outcome.AUTO_LINK and best is not None:
         person_id = survivor(session, best.person_id)
     else:
@@ -223,7 +234,7 @@ def register(
     record.match_weight = best.weight if best is not None else None
     session.add(record)
     session.flush()
-    store_keys(session, record.id, hashes)
+    _add_keys(session, record.id, hashes)
     if outcome is Outcome.REVIEW and best is not None:
         session.add(ReviewItem(record_id=record.id, candidate_id=best.record.id, weight=best.weight,
                                levels=best.levels, veto=best.veto, created_at=utcnow()))

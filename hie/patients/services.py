@@ -66,12 +66,12 @@ def view(identity: Identity, patient: Patient, basis: access.Basis) -> dict[str,
     return out
 
 
-def register(identity: Identity, data: dict[str, Any]) -> Patient:
+def register(identity: Identity, data: dict[str, Any], patient_id: str | None = None) -> Patient:
     """Add a record for the caller's own institution in the caller's own shard."""
     values = _normalised(data)
     session = shard_session(identity.tenant_code)
     patient = Patient(
-        id=new_id(), institution_id=identity.institution_id, mrn=values["mrn"], sex=values["sex"],
+        id=patient_id or new_id(), institution_id=identity.institution_id, mrn=values["mrn"], sex=values["sex"],
         birth_date=values.get("birth_date"), created_by=identity.user_id, created_at=utcnow(),
     )
     for field in SEALED_FIELDS:

@@ -97,6 +97,7 @@ def _register_error_handlers(app: Flask) -> None:
 def _register_blueprints(app: Flask) -> None:
     from hie.empi.api import blp as empi_blp
     from hie.empi.fhir import bp as fhir_empi_bp
+    from hie.exchange.api import bp as fhir_bp
     from hie.patients.api import blp as patients_blp
     from hie.platform.audit.api import blp as audit_blp
     from hie.platform.auth.api import blp as auth_blp
@@ -107,6 +108,7 @@ def _register_blueprints(app: Flask) -> None:
         api.register_blueprint(blueprint)
     app.extensions["hie.api"] = api
     app.register_blueprint(fhir_empi_bp)
+    app.register_blueprint(fhir_bp)
 
 
 def create_app(config: Config | None = None) -> Flask:

@@ -145,4 +145,4 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
     return Config(**values)  # type: ignore[arg-type]
 
 
-TENANT_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+TENANT_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{1,30}$")

@@ -10,6 +10,7 @@ from hie.empi.models import (
     RegionThresholds,
     ReviewItem,
 )
+from hie.exchange.models import RecordLocation
 from hie.patients.stats import InstitutionPatientCount
 from hie.platform.audit.models import AuditChainHead, AuditEvent
 from hie.platform.auth.models import AuthSession, User, UserRole
@@ -19,6 +20,6 @@ from hie.tenants.models import Institution, Region, Tenant
 
 __all__ = [
     "AuditChainHead", "BlockingKey", "MasterPerson", "MatchModel", "NotAMatch", "PersonEvent", "PersonRecord",
-    "RegionThresholds", "ReviewItem", "AuditEvent", "AuthSession", "CareRelationship", "HandledEvent", "Institution",
+    "RecordLocation", "RegionThresholds", "ReviewItem", "AuditEvent", "AuthSession", "CareRelationship", "HandledEvent", "Institution",
     "InstitutionPatientCount", "PlatformOutboxEvent", "Region", "Tenant", "User", "UserRole",
 ]

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hie.empi.matching.blocking import blocking_keys
-from hie.empi.matching.comparison import FIELDS, compare
+from hie.empi.matching.comparison import FIELD_LEVELS, FIELDS
 from hie.empi.matching.model import ModelWeights, default_model, estimate_model, estimate_u
 from hie.empi.matching.scoring import Outcome, Thresholds, classify, veto_reason
+from hie.empi.matching.vectorized import RecordTable, compare_batch
 from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
 
 log = logging.getLogger(__name__)
@@ -99,15 +100,34 @@ class _Persons:
         return True
 
 
-def compare_pairs(records: Sequence[NormalizedRecord], pairs: np.ndarray) -> np.ndarray:
-    """Level matrix (pairs x fields) for candidate pairs."""
-    rows = [compare(records[i], records[j]) for i, j in pairs.tolist()]
-    return np.asarray(rows, dtype=np.int64).reshape(len(rows), len(FIELDS))
+def compare_pairs(
+    records: Sequence[NormalizedRecord], pairs: np.ndarray, table: RecordTable | None = None
+) -> np.ndarray:
+    """Level matrix (pairs x fields) for candidate pairs, compared column-wise."""
+    table = table or RecordTable.build(records)
+    return compare_batch(table, pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros((0, len(FIELDS)), np.int64)
 
 
-def train_model(records: Sequence[NormalizedRecord], pairs: np.ndarray, levels: np.ndarray) -> ModelWeights:
+def name_frequency_adjustment(
+    columns: RecordTable, pairs: np.ndarray, levels: np.ndarray, model: ModelWeights
+) -> np.ndarray:
+    """Extra log2 weight for exact agreement on a rare name, less for a common one (batch-only, never stored)."""
+    adjustment = np.zeros(len(pairs))
+    n = max(len(columns.records), 1)
+    for name, codes in (("family_name", columns.fam), ("given_name", columns.giv)):
+        field_index = FIELDS.index(name)
+        exact = FIELD_LEVELS[name].index("exact")
+        u_exact = max(model.fields[name].u[exact], 1e-9)
+        share = np.bincount(codes) / n
+        hit = levels[:, field_index] == exact if len(pairs) else np.zeros(0, dtype=bool)
+        adjustment[hit] += np.log2(u_exact / np.maximum(share[codes[pairs[hit, 0]]], 1.0 / n))
+    return adjustment
+
+
+def train_model(records: Sequence[NormalizedRecord], pairs: np.ndarray, levels: np.ndarray,
+                table: RecordTable | None = None) -> ModelWeights:
     """Fit m by EM on candidate pairs and u on random pairs."""
-    u_random = estimate_u(records)
+    u_random = estimate_u(records, table=table or RecordTable.build(records))
     return estimate_model(levels, u_random, len(records))
 
 
@@ -120,14 +140,16 @@ def cluster(
     """Group records into persons; without a model, weights come from EM (defaults on tiny inputs)."""
     thresholds = thresholds or Thresholds()
     pairs = candidate_pairs(records, max_block)
-    levels = compare_pairs(records, pairs)
+    columns = RecordTable.build(records)
+    levels = compare_pairs(records, pairs, columns)
     log.info("%s records, %s candidate pairs", len(records), len(pairs))
     if model is None:
-        model = train_model(records, pairs, levels) if len(pairs) >= MIN_EM_PAIRS else default_model()
+        model = train_model(records, pairs, levels, columns) if len(pairs) >= MIN_EM_PAIRS else default_model()
     table = model.weight_table()
     weights = model.prior_weight + (
         table[np.arange(table.shape[0]), levels].sum(axis=1) if len(levels) else np.zeros(0)
     )
+    weights += name_frequency_adjustment(columns, pairs, levels, model)
     persons = _Persons(records)
     result = ClusterResult(person_of=[], model=model, candidate_pairs=len(pairs))
     linkable = []

@@ -69,8 +69,8 @@ def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
                         JaroWinkler.normalized_similarity(a.given_pinyin, b.family_pinyin)))
         if cross[0] >= 0.92 or (cross[0] >= 0.8 and cross[1] == 1.0):
             return 3, 3
-        if fam < 3 and not (a.name_is_hanzi or b.name_is_hanzi) and cross[1] == 1.0:
-            return 4, giv
+        if fam < 3 and not (a.name_is_hanzi or b.name_is_hanzi) and cross[1] >= 0.92:
+            return (4 if cross[1] == 1.0 else 3), giv
     return fam, giv
 
 

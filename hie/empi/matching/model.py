@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hie.empi.matching.comparison import FIELD_LEVELS, FIELDS, compare
+from hie.empi.matching.comparison import FIELD_LEVELS, FIELDS
+from hie.empi.matching.vectorized import RecordTable, compare_batch
 from hie.empi.normalize import NormalizedRecord
 
 log = logging.getLogger(__name__)
@@ -102,19 +103,18 @@ def default_model() -> ModelWeights:
     return ModelWeights(fields=fields, prior=1e-5, trained_on="defaults")
 
 
-def estimate_u(records: Sequence[NormalizedRecord], n_pairs: int = 100_000, seed: int = 7) -> list[list[float]]:
+def estimate_u(records: Sequence[NormalizedRecord], n_pairs: int = 200_000, seed: int = 7,
+               table: RecordTable | None = None) -> list[list[float]]:
     """u probabilities from random pairs, which are almost all different people."""
     n = len(records)
     rng = np.random.default_rng(seed)
     counts = [np.full(len(FIELD_LEVELS[f]), 0.5) for f in FIELDS]
-    if n < 2:
-        return [list(c / c.sum()) for c in counts]
-    left = rng.integers(0, n, n_pairs)
-    right = rng.integers(0, n, n_pairs)
-    for i, j in zip(left.tolist(), right.tolist(), strict=True):
-        if i != j:
-            for f, level in enumerate(compare(records[i], records[j])):
-                counts[f][level] += 1
+    if n >= 2:
+        left, right = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
+        keep = left != right
+        levels = compare_batch(table or RecordTable.build(records), left[keep], right[keep])
+        for f, column in enumerate(levels.T):
+            counts[f] += np.bincount(column, minlength=len(counts[f]))
     probs = []
     for c in counts:
         c[0] = 0.0
@@ -174,10 +174,19 @@ def estimate_model(
     total_pairs = n_records * (n_records - 1) / 2
     prior = min(lam * len(levels) / max(total_pairs, 1.0), 0.5)
     fields = {
-        name: FieldWeights(m=[float(x) for x in m[i, : len(FIELD_LEVELS[name])]], u=u_random[i])
+        name: FieldWeights(m=[float(x) for x in m[i, : len(FIELD_LEVELS[name])]],
+                           u=_without_matches(u_random[i], m[i, : len(FIELD_LEVELS[name])], prior))
         for i, name in enumerate(FIELDS)
     }
     return ModelWeights(fields=fields, prior=prior, trained_on=f"em:{len(levels)}pairs")
+
+
+def _without_matches(u_random: list[float], m: np.ndarray, prior: float) -> list[float]:
+    """u of non-matches: random pairs are a prior-weighted mix of matches and non-matches, so take the matches out."""
+    mixed = np.asarray(u_random, dtype=float)
+    u = np.maximum(mixed - prior * m, 0.01 * mixed)
+    u[0] = 0.0
+    return [float(x) for x in u / u[1:].sum()]
 
 
 def _mask(value: float) -> np.ndarray:

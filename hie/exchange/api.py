@@ -1,0 +1,157 @@
+"""The /fhir endpoints: capability, transaction/batch, create/read/vread/update, search, $everything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
+
+from hie.exchange import bundles, everything, prior, store
+from hie.exchange.capability import capability_statement
+from hie.exchange.outcome import HTTP_ISSUE_CODES, FhirError, fhir_response, operation_outcome
+from hie.exchange.resources import READ_ONLY, WRITABLE, validate
+from hie.platform.access import Permission, permissions_of, require_any, valid_break_glass_reason
+from hie.platform.auth.decorators import authenticate_request
+from hie.platform.auth.identity import Identity
+
+bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
+
+
+@bp.errorhandler(FhirError)
+def _fhir_error(exc: FhirError) -> Response:
+    return operation_outcome(exc.status, exc.code, exc.diagnostics, exc.expression)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    data = getattr(exc, "data", None) or {}
+    code = exc.code or 500
+    return operation_outcome(code, HTTP_ISSUE_CODES.get(code, "processing"),
+                             data.get("message") or exc.description or exc.name)
+
+
+def _caller() -> Identity:
+    authenticate_request()
+    return require_any(Permission.patient_read, Permission.own_record_read)
+
+
+def _body() -> Any:
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise FhirError(400, "structure", "The body must be FHIR JSON.")
+    return body
+
+
+def _type(resource_type: str) -> str:
+    if resource_type not in WRITABLE and resource_type not in READ_ONLY:
+        raise FhirError(404, "not-supported", f"Resource type {resource_type!r} is not supported here.",
+                        [resource_type])
+    return resource_type
+
+
+def _writer() -> Identity:
+    identity = _caller()
+    if Permission.patient_write not in permissions_of(identity):
+        raise FhirError(403, "forbidden", "Writing records needs the patient:write permission.")
+    return identity
+
+
+def _with_etag(resource: dict[str, Any], status: int = 200) -> Response:
+    version = resource["meta"]["versionId"]
+    headers = {"ETag": f'W/"{version}"', "Location": f"{request.host_url}fhir/{resource['resourceType']}/"
+               f"{resource['id']}/_history/{version}"}
+    return fhir_response(resource, status, headers)
+
+
+def _if_match() -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise FhirError(400, "invalid", 'If-Match must be W/"<versionId>".')
+    return int(value)
+
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    """What this server supports."""
+    from importlib.metadata import version
+
+    return fhir_response(capability_statement(request.host_url, version("hie")))
+
+
+@bp.post("")
+def bundle() -> Response:
+    """A transaction (all or nothing) or batch (each on its own) Bundle."""
+    identity = _writer()
+    body = _body()
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise FhirError(400, "structure", "POST /fhir takes a Bundle.", ["Bundle"])
+    if body.get("type") == "transaction":
+        return fhir_response(bundles.transaction(identity, body))
+    if body.get("type") == "batch":
+        return fhir_response(bundles.batch(identity, body))
+    raise FhirError(400, "not-supported", "Bundle.type must be transaction or batch.", ["Bundle.type"])
+
+
+@bp.post("/<resource_type>")
+def create(resource_type: str) -> Response:
+    """Create a resource; the server assigns the id."""
+    identity = _writer()
+    resource = validate(_body(), _type(resource_type))
+    resource.pop("id", None)
+    return _with_etag(store.create(identity, resource), 201)
+
+
+@bp.get("/<resource_type>")
+def search(resource_type: str) -> Response:
+    """Search one resource type."""
+    from hie.exchange.search import search as run_search
+
+    identity = _caller()
+    return fhir_response(run_search(identity, _type(resource_type), request.args, request.host_url))
+
+
+@bp.get("/<resource_type>/<resource_id>")
+def read(resource_type: str, resource_id: str) -> Response:
+    """Read the current version."""
+    if resource_type == "AuditEvent":
+        from hie.exchange.audit_events import read_audit_event
+
+        authenticate_request()
+        return fhir_response(read_audit_event(resource_id))
+    identity = _caller()
+    reason = valid_break_glass_reason(request.headers.get(BREAK_GLASS_HEADER))
+    return _with_etag(store.read(identity, _type(resource_type), resource_id, reason))
+
+
+@bp.get("/<resource_type>/<resource_id>/_history/<int:version>")
+def vread(resource_type: str, resource_id: str, version: int) -> Response:
+    """Read one version."""
+    identity = _caller()
+    reason = valid_break_glass_reason(request.headers.get(BREAK_GLASS_HEADER))
+    return _with_etag(store.read(identity, _type(resource_type), resource_id, reason, version))
+
+
+@bp.put("/<resource_type>/<resource_id>")
+def update(resource_type: str, resource_id: str) -> Response:
+    """New version of an existing resource of the caller's institution (If-Match guards lost updates)."""
+    identity = _writer()
+    if resource_type in READ_ONLY:
+        raise FhirError(405, "not-supported", f"{resource_type} is read-only.")
+    return _with_etag(store.update(identity, _type(resource_type), resource_id, _body(), _if_match()))
+
+
+@bp.get("/Patient/<patient_id>/$everything")
+def patient_everything(patient_id: str) -> Response:
+    """Everything about the patient's master person that the caller may see, from every tenant."""
+    return fhir_response(everything.everything(_caller(), patient_id, request.host_url))
+
+
+@bp.get("/Patient/<patient_id>/$prior-results")
+def prior_results(patient_id: str) -> Response:
+    """Mutual recognition: results for the same test already done anywhere within the window."""
+    return fhir_response(prior.prior_results(_caller(), patient_id, request.args))

@@ -1,0 +1,68 @@
+"""Mutual recognition of results: before ordering a test, see whether it was done recently anywhere."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
+
+from hie.exchange import store
+from hie.exchange.models import FhirResource, FhirToken
+from hie.exchange.outcome import FhirError
+from hie.platform.audit import services as audit
+from hie.platform.auth.identity import Identity
+from hie.platform.db import platform_session, shard_session, utcnow
+from hie.tenants.models import Institution
+
+RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
+DEFAULT_DAYS = 30
+MAX_DAYS = 365
+
+
+def _arguments(args: MultiDict) -> tuple[str | None, str, int]:
+    raw = args.get("code")
+    if not raw:
+        raise FhirError(400, "required", "Give code=system|code of the test you are about to order.", ["code"])
+    system, bar, code = raw.partition("|")
+    if not bar:
+        system, code = "", raw
+    try:
+        days = int(args.get("days", DEFAULT_DAYS))
+    except ValueError:
+        raise FhirError(400, "invalid", "days must be a whole number.", ["days"]) from None
+    if not 1 <= days <= MAX_DAYS:
+        raise FhirError(400, "invalid", f"days must be between 1 and {MAX_DAYS}.", ["days"])
+    return system or None, code, days
+
+
+def prior_results(identity: Identity, patient_id: str, args: MultiDict) -> dict[str, Any]:
+    """Parameters listing each recent result: where and when always; the reference only if the caller may read it."""
+    system, code, days = _arguments(args)
+    since = utcnow() - timedelta(days=days)
+    results: list[dict[str, Any]] = []
+    names = dict(platform_session().execute(select(Institution.id, Institution.name)).all())
+    for tenant_code, patient_ids in store.shards_for_patient(identity, patient_id):
+        query = (select(FhirResource).join(FhirToken, (FhirToken.resource_type == FhirResource.resource_type)
+                                           & (FhirToken.resource_id == FhirResource.id))
+                 .where(FhirResource.resource_type.in_(RESULT_TYPES), FhirResource.patient_id.in_(patient_ids),
+                        FhirToken.param.in_(("code", "modality")), FhirToken.code == code, FhirResource.date >= since)
+                 .order_by(FhirResource.date.desc()))
+        if system:
+            query = query.where(FhirToken.system == system)
+        for row in shard_session(tenant_code).scalars(query).unique():
+            visible = store.basis_for(identity, tenant_code, row) is not None
+            part = [
+                {"name": "institution", "valueString": names.get(row.institution_id, "?")},
+                {"name": "date", "valueDateTime": row.date.isoformat() if row.date else None},
+                {"name": "resourceType", "valueCode": row.resource_type},
+                {"name": "visible", "valueBoolean": visible},
+            ]
+            if visible:
+                part.append({"name": "result", "valueReference": {"reference": f"{row.resource_type}/{row.id}"}})
+            results.append({"name": "prior", "part": part})
+    audit.record("read", resource_type="PriorResults", resource_id=patient_id, purpose="treatment",
+                 detail=f"code={code} days={days} found={len(results)}")
+    return {"resourceType": "Parameters",
+            "parameter": [{"name": "found", "valueBoolean": bool(results)}, *results]}

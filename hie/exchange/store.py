@@ -1,0 +1,333 @@
+"""Storing and reading FHIR resources in tenant shards, with the access policy and the record registry."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import ColumnElement, delete, false, or_, select
+from sqlalchemy.orm import Session
+
+from hie.empi import services as empi
+from hie.empi.models import PersonRecord
+from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
+from hie.exchange.outcome import FhirError
+from hie.exchange.resources import WRITABLE, index_entry, validate
+from hie.patients import services as patients
+from hie.patients.models import SEALED_FIELDS, Patient
+from hie.patients.sealing import unseal
+from hie.platform import access, care
+from hie.platform.audit import services as audit
+from hie.platform.auth.identity import Identity
+from hie.platform.crypto import keyring
+from hie.platform.db import platform_session, shard_session, utcnow
+from hie.platform.jobs.services import emit
+from hie.tenants.models import Institution, Tenant
+
+RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
+MRN_SYSTEM_PREFIX = "urn:hie:mrn:"
+
+
+def everything_cache_key(person_id: str) -> str:
+    """Cache key of a master person's $everything summary."""
+    return f"everything:{person_id}"
+
+
+def new_resource_id(resource_type: str, tenant_code: str) -> str:
+    """Patients take a plain UUID (the EMPI routes them); other ids carry their shard so reads can be routed."""
+    if resource_type == "Patient":
+        return str(uuid.uuid4())
+    return f"{tenant_code.replace('_', '-')}.{uuid.uuid4().hex}"
+
+
+def tenant_of(session: Session, resource_type: str, resource_id: str) -> str | None:
+    """The shard holding a resource, from its id (or the EMPI for Patients)."""
+    if resource_type == "Patient":
+        return session.scalar(select(PersonRecord.tenant_code).where(PersonRecord.patient_id == resource_id))
+    prefix, dot, _ = resource_id.partition(".")
+    if not dot:
+        return None
+    code = prefix.replace("-", "_")
+    return code if session.scalar(select(Tenant.id).where(Tenant.code == code)) is not None else None
+
+
+def _aad(tenant_code: str, resource_type: str, resource_id: str, version: int) -> str:
+    return f"fhir.{resource_type}|{tenant_code}|{resource_id}|{version}"
+
+
+def _content(tenant_code: str, resource: dict[str, Any], version: int) -> tuple[str, bool]:
+    text = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+    if resource["resourceType"] != "Patient":
+        return text, False
+    return keyring().encrypt(text, _aad(tenant_code, "Patient", resource["id"], version)), True
+
+
+def to_resource(row: FhirResource | FhirResourceVersion, tenant_code: str) -> dict[str, Any]:
+    """The stored JSON, unsealed when it is a Patient."""
+    text = row.content
+    if row.sealed:
+        text = keyring().decrypt(text, _aad(tenant_code, row.resource_type, row.id, row.version))
+    return json.loads(text)
+
+
+def person_of(tenant_code: str, patient_id: str | None) -> str | None:
+    """The master person of a shard-local Patient id."""
+    if patient_id is None:
+        return None
+    return empi.person_of_patient(platform_session(), tenant_code, patient_id)
+
+
+def basis_for(identity: Identity, tenant_code: str, row: FhirResource, write: bool = False,
+              reason: str | None = None) -> access.Basis | None:
+    """The access policy applied to one stored resource."""
+    record = access.PatientRecordRef(tenant_code, row.patient_id or "", row.institution_id,
+                                     person_of(tenant_code, row.patient_id))
+    if row.patient_id is None:
+        same = row.institution_id == identity.institution_id and tenant_code == identity.tenant_code
+        return access.Basis.own_institution if same else None
+    return access.patient_basis(platform_session(), identity, record, write, reason)
+
+
+def visible_condition(identity: Identity, tenant_code: str) -> ColumnElement[bool]:
+    """SQL for the rows of one shard the caller may see in a search (break-glass never applies)."""
+    granted = access.permissions_of(identity)
+    platform = platform_session()
+    conditions = []
+    if access.Permission.patient_read in granted:
+        if tenant_code == identity.tenant_code:
+            conditions.append(FhirResource.institution_id == identity.institution_id)
+        cared = [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
+            PersonRecord.tenant_code == tenant_code,
+            PersonRecord.person_id.in_(care.active_persons(identity.institution_id)))) if pid]
+        if cared:
+            conditions.append(FhirResource.patient_id.in_(cared))
+    if access.Permission.own_record_read in granted:
+        own = access.resident_person(platform, identity)
+        if own is not None:
+            mine = [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
+                PersonRecord.tenant_code == tenant_code, PersonRecord.person_id == own)) if pid]
+            if mine:
+                conditions.append(FhirResource.patient_id.in_(mine))
+    return or_(*conditions) if conditions else false()
+
+
+def shards_for_patient(identity: Identity, patient_id: str) -> list[tuple[str, list[str]]]:
+    """Every shard with records of this patient's master person, and the person's local ids there."""
+    platform = platform_session()
+    tenant_code = tenant_of(platform, "Patient", patient_id)
+    row = stored_or_registered(tenant_code, "Patient", patient_id) if tenant_code else None
+    if row is None or basis_for(identity, tenant_code, row) is None:
+        audit.record("read", "not_found" if row is None else "denied", resource_type="Patient",
+                     resource_id=patient_id[:80])
+        raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
+    person_id = person_of(tenant_code, patient_id)
+    shards = platform.scalars(select(RecordLocation.tenant_code).where(RecordLocation.master_person_id == person_id)
+                              .order_by(RecordLocation.tenant_code)).all()
+    out = []
+    for shard in shards:
+        ids = [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
+            PersonRecord.tenant_code == shard, PersonRecord.person_id == person_id)) if pid]
+        if ids:
+            out.append((shard, ids))
+    return out
+
+
+def _generated_patient(tenant_code: str, patient: Patient) -> FhirResource:
+    """A Patient registered through the local register, shown as FHIR (never stored twice)."""
+    ring = keyring()
+    values = {field: unseal(ring, tenant_code, patient, field) for field in SEALED_FIELDS}
+    institution_code = platform_session().scalar(select(Institution.code).where(
+        Institution.id == patient.institution_id))
+    resource: dict[str, Any] = {
+        "resourceType": "Patient", "id": patient.id,
+        "meta": {"versionId": str(patient.version), "lastUpdated": patient.updated_at.isoformat()},
+        "identifier": [{"system": MRN_SYSTEM_PREFIX + str(institution_code), "value": patient.mrn}],
+        "name": [{"text": values["name"]}],
+        "gender": {"M": "male", "F": "female"}.get(patient.sex, "unknown"),
+    }
+    if values["id_number"]:
+        resource["identifier"].append({"system": RESIDENT_ID_SYSTEM, "value": values["id_number"]})
+    if patient.birth_date:
+        resource["birthDate"] = patient.birth_date.isoformat()
+    if values["phone"]:
+        resource["telecom"] = [{"system": "phone", "value": values["phone"]}]
+    if values["address"]:
+        resource["address"] = [{"text": values["address"]}]
+    return FhirResource(resource_type="Patient", id=patient.id, version=patient.version,
+                        institution_id=patient.institution_id, patient_id=patient.id,
+                        last_updated=patient.updated_at, sealed=False, content=json.dumps(resource, ensure_ascii=False))
+
+
+def stored_or_registered(tenant_code: str, resource_type: str, resource_id: str) -> FhirResource | None:
+    """The stored resource, or for a Patient of the local register its FHIR view."""
+    session = shard_session(tenant_code)
+    row = session.get(FhirResource, (resource_type, resource_id))
+    if row is None and resource_type == "Patient":
+        patient = session.get(Patient, resource_id)
+        return _generated_patient(tenant_code, patient) if patient is not None else None
+    return row
+
+
+def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], row: FhirResource) -> None:
+    entry = index_entry(resource)
+    row.patient_id, row.date, row.status = entry.patient_ref, entry.date, entry.status
+    session.execute(delete(FhirToken).where(FhirToken.resource_type == row.resource_type,
+                                            FhirToken.resource_id == row.id))
+    session.add_all(FhirToken(resource_type=row.resource_type, resource_id=row.id, param=p,
+                              system=(s or None) and s[:200], code=c[:200]) for p, s, c in entry.tokens)
+
+
+def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> None:
+    """A resource may only be about a Patient in the writer's shard whom the writer may see."""
+    if resource["resourceType"] == "Patient":
+        return
+    patient_ref = index_entry(resource).patient_ref
+    field = "patient" if resource["resourceType"] in ("AllergyIntolerance", "Immunization") else "subject"
+    where = [f"{path or resource['resourceType']}.{field}"]
+    if patient_ref is None:
+        raise FhirError(400, "required", f"{resource['resourceType']} must reference a Patient.", where)
+    row = stored_or_registered(identity.tenant_code, "Patient", patient_ref)
+    if row is None or basis_for(identity, identity.tenant_code, row) is None:
+        raise FhirError(422, "processing", f"Patient/{patient_ref} is not a patient of your tenant you may see.",
+                        where)
+
+
+def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[str, Any]:
+    name = (resource.get("name") or [{}])[0]
+    text = name.get("text") or "".join([name.get("family", ""), *name.get("given", [])]) or None
+    identifiers = resource.get("identifier", [])
+    mrn = next((i["value"] for i in identifiers if i.get("system") == MRN_SYSTEM_PREFIX + identity.institution_code),
+               None)
+    return {
+        "mrn": mrn or resource["id"], "name": text or "(unnamed)",
+        "sex": {"male": "M", "female": "F"}.get(resource.get("gender", ""), "U"),
+        "birth_date": date.fromisoformat(birth) if (birth := resource.get("birthDate")) and len(birth) == 10
+        else None,
+        "id_number": next((i["value"] for i in identifiers if i.get("system") == RESIDENT_ID_SYSTEM), None),
+        "phone": next((t["value"] for t in resource.get("telecom", []) if t.get("system") == "phone"), None),
+        "address": (resource.get("address") or [{}])[0].get("text"),
+    }
+
+
+def _record_location(tenant_code: str, patient_id: str | None) -> None:
+    person_id = person_of(tenant_code, patient_id)
+    if person_id is None:
+        return
+    platform = platform_session()
+    location = platform.get(RecordLocation, (person_id, tenant_code))
+    if location is None:
+        platform.add(RecordLocation(master_person_id=person_id, tenant_code=tenant_code, last_updated=utcnow()))
+    else:
+        location.last_updated = utcnow()
+    platform.flush()
+    current_app.extensions["hie.cache"].invalidate(everything_cache_key(person_id))
+
+
+def _meta(resource: dict[str, Any], version: int) -> None:
+    resource["meta"] = {**resource.get("meta", {}), "versionId": str(version),
+                        "lastUpdated": utcnow().isoformat(timespec="milliseconds")}
+
+
+def create(identity: Identity, resource: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Store a validated resource in the caller's shard as version 1."""
+    tenant_code, session = identity.tenant_code, shard_session(identity.tenant_code)
+    resource_id = resource.get("id") or new_resource_id(resource["resourceType"], tenant_code)
+    resource["id"] = resource_id
+    _check_subject(identity, resource, path)
+    if resource["resourceType"] == "Patient":
+        try:
+            patients.register(identity, _patient_demographics(resource, identity), patient_id=resource_id)
+        except ValueError as exc:
+            raise FhirError(400, "invalid", str(exc), [f"{path or 'Patient'}.identifier"]) from None
+    _meta(resource, 1)
+    content, sealed = _content(tenant_code, resource, 1)
+    row = FhirResource(resource_type=resource["resourceType"], id=resource_id, version=1,
+                       institution_id=identity.institution_id, last_updated=utcnow(), sealed=sealed, content=content)
+    _write_index(session, tenant_code, resource, row)
+    session.add(row)
+    session.add(FhirResourceVersion(resource_type=row.resource_type, id=row.id, version=1,
+                                    institution_id=row.institution_id, last_updated=row.last_updated,
+                                    sealed=sealed, content=content))
+    session.flush()
+    _record_location(tenant_code, row.patient_id)
+    emit(session, tenant_code, "fhir.stored", {"tenant_code": tenant_code, "patient_id": row.patient_id,
+                                               "resource": f"{row.resource_type}/{row.id}"})
+    audit.record("create", resource_type=row.resource_type, resource_id=row.id, purpose="treatment",
+                 patient=audit.patient_ref(tenant_code, row.patient_id) if row.patient_id else None)
+    return resource
+
+
+def _locate(identity: Identity, resource_type: str, resource_id: str) -> tuple[str, FhirResource] | None:
+    if resource_type not in WRITABLE or len(resource_id) > 64:
+        return None
+    tenant_code = tenant_of(platform_session(), resource_type, resource_id)
+    if tenant_code is None:
+        return None
+    row = stored_or_registered(tenant_code, resource_type, resource_id)
+    return (tenant_code, row) if row is not None else None
+
+
+def _visible_row(identity: Identity, resource_type: str, resource_id: str, write: bool,
+                 reason: str | None) -> tuple[str, FhirResource, access.Basis]:
+    found = _locate(identity, resource_type, resource_id)
+    basis = basis_for(identity, found[0], found[1], write, reason) if found else None
+    if write and found and found[0] != identity.tenant_code:
+        basis = None
+    if found is None or basis is None:
+        audit.record("update" if write else "read", "not_found" if found is None else "denied",
+                     resource_type=resource_type, resource_id=resource_id[:80], break_glass=bool(reason))
+        raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known or not visible to you.")
+    tenant_code, row = found
+    audit.record("update" if write else "read", resource_type=resource_type, resource_id=resource_id,
+                 purpose=basis.value, break_glass=basis is access.Basis.break_glass,
+                 detail=reason if basis is access.Basis.break_glass else None,
+                 patient=audit.patient_ref(tenant_code, row.patient_id) if row.patient_id else None)
+    return tenant_code, row, basis
+
+
+def read(identity: Identity, resource_type: str, resource_id: str, reason: str | None = None,
+         version: int | None = None) -> dict[str, Any]:
+    """One resource (optionally one version) from whichever shard holds it, if the caller may see it."""
+    tenant_code, row, _ = _visible_row(identity, resource_type, resource_id, False, reason)
+    if version is None or version == row.version:
+        return to_resource(row, tenant_code)
+    old = shard_session(tenant_code).get(FhirResourceVersion, (resource_type, resource_id, version))
+    if old is None:
+        raise FhirError(404, "not-found", f"{resource_type}/{resource_id} has no version {version}.")
+    return to_resource(old, tenant_code)
+
+
+def update(identity: Identity, resource_type: str, resource_id: str, body: Any, if_match: int | None,
+           path: str = "") -> dict[str, Any]:
+    """A new version of a resource of the caller's institution; a stale If-Match is a 412."""
+    resource = validate(body, resource_type, path)
+    if resource.get("id") not in (None, resource_id):
+        raise FhirError(400, "invalid", "The resource id must match the URL.", [f"{resource_type}.id"])
+    tenant_code, row, _ = _visible_row(identity, resource_type, resource_id, True, None)
+    if if_match is not None and if_match != row.version:
+        raise FhirError(412, "conflict", f"{resource_type}/{resource_id} is at version {row.version}, not {if_match}.")
+    resource["id"] = resource_id
+    _check_subject(identity, resource, path)
+    if resource_type == "Patient":
+        demographics = _patient_demographics(resource, identity)
+        demographics.pop("mrn")
+        try:
+            patients.update(identity, resource_id, demographics, None)
+        except ValueError as exc:
+            raise FhirError(400, "invalid", str(exc), [f"{path or 'Patient'}.identifier"]) from None
+    session = shard_session(tenant_code)
+    version = row.version + 1
+    _meta(resource, version)
+    content, sealed = _content(tenant_code, resource, version)
+    row.version, row.content, row.sealed, row.last_updated = version, content, sealed, utcnow()
+    _write_index(session, tenant_code, resource, row)
+    session.add(row)
+    session.add(FhirResourceVersion(resource_type=resource_type, id=resource_id, version=version,
+                                    institution_id=row.institution_id, last_updated=row.last_updated,
+                                    sealed=sealed, content=content))
+    session.flush()
+    _record_location(tenant_code, row.patient_id)
+    return resource
