@@ -42,14 +42,15 @@ def _plan(identity: Identity, entries: list[dict[str, Any]]) -> list[tuple[str, 
         path = f"Bundle.entry[{index}].resource"
         resource = validate(entry.get("resource"), None, path)
         resource_type = resource["resourceType"]
+        url_path = [f"Bundle.entry[{index}].request.url"]
         if method == "POST":
             if url.strip("/") != resource_type:
-                raise FhirError(400, "invalid", f"POST url must be {resource_type}.", [f"Bundle.entry[{index}].request.url"])
+                raise FhirError(400, "invalid", f"POST url must be {resource_type}.", url_path)
             resource["id"] = store.new_resource_id(resource_type, identity.tenant_code)
         else:
             url_type, _, url_id = url.strip("/").partition("/")
             if url_type not in WRITABLE or not url_id:
-                raise FhirError(400, "invalid", "PUT url must be Type/id.", [f"Bundle.entry[{index}].request.url"])
+                raise FhirError(400, "invalid", "PUT url must be Type/id.", url_path)
             resource["id"] = url_id
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):

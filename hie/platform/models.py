@@ -19,7 +19,7 @@ from hie.platform.jobs.models import HandledEvent, PlatformOutboxEvent
 from hie.tenants.models import Institution, Region, Tenant
 
 __all__ = [
-    "AuditChainHead", "BlockingKey", "MasterPerson", "MatchModel", "NotAMatch", "PersonEvent", "PersonRecord",
-    "RecordLocation", "RegionThresholds", "ReviewItem", "AuditEvent", "AuthSession", "CareRelationship", "HandledEvent", "Institution",
-    "InstitutionPatientCount", "PlatformOutboxEvent", "Region", "Tenant", "User", "UserRole",
+    "AuditChainHead", "AuditEvent", "AuthSession", "BlockingKey", "CareRelationship", "HandledEvent", "Institution",
+    "InstitutionPatientCount", "MasterPerson", "MatchModel", "NotAMatch", "PersonEvent", "PersonRecord",
+    "PlatformOutboxEvent", "RecordLocation", "Region", "RegionThresholds", "ReviewItem", "Tenant", "User", "UserRole",
 ]

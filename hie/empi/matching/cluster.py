@@ -137,19 +137,21 @@ def cluster(
     thresholds: Thresholds | None = None,
     max_block: int = MAX_BLOCK_SIZE,
 ) -> ClusterResult:
-    """Group records into persons; without a model, weights come from EM (defaults on tiny inputs)."""
+    """Group records into persons; without a model, weights (and name frequencies) come from this batch by EM."""
     thresholds = thresholds or Thresholds()
     pairs = candidate_pairs(records, max_block)
     columns = RecordTable.build(records)
     levels = compare_pairs(records, pairs, columns)
     log.info("%s records, %s candidate pairs", len(records), len(pairs))
+    learn = model is None and len(pairs) >= MIN_EM_PAIRS
     if model is None:
-        model = train_model(records, pairs, levels, columns) if len(pairs) >= MIN_EM_PAIRS else default_model()
+        model = train_model(records, pairs, levels, columns) if learn else default_model()
     table = model.weight_table()
     weights = model.prior_weight + (
         table[np.arange(table.shape[0]), levels].sum(axis=1) if len(levels) else np.zeros(0)
     )
-    weights += name_frequency_adjustment(columns, pairs, levels, model)
+    if learn:
+        weights += name_frequency_adjustment(columns, pairs, levels, model)
     persons = _Persons(records)
     result = ClusterResult(person_of=[], model=model, candidate_pairs=len(pairs))
     linkable = []
