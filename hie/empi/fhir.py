@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from hie.empi import queries
 from hie.empi.services import thresholds_for
 from hie.exchange.outcome import FHIR_JSON, HTTP_ISSUE_CODES, FhirError, operation_outcome
+from hie.exchange.resources import RESIDENT_ID_SYSTEM
 from hie.platform.access import Permission, permissions_of
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import authenticate_request
@@ -22,7 +23,6 @@ from hie.platform.db import platform_session
 bp = Blueprint("fhir_empi", __name__, url_prefix="/fhir")
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
 IDENTIFIER_SYSTEM = "urn:hie:institution:"
-RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
 
 
 @bp.errorhandler(FhirError)

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from hie.exchange.outcome import FhirError
 
 FHIR_VERSION = "4.3.0"
+RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
+MRN_SYSTEM_PREFIX = "urn:hie:mrn:"
 WRITABLE = (
     "Patient", "Encounter", "Condition", "Observation", "DiagnosticReport", "MedicationRequest", "Procedure",
     "AllergyIntolerance", "Immunization", "DocumentReference", "ImagingStudy",

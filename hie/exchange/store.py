@@ -15,7 +15,7 @@ from hie.empi import services as empi
 from hie.empi.models import PersonRecord
 from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
 from hie.exchange.outcome import FhirError
-from hie.exchange.resources import WRITABLE, index_entry, validate
+from hie.exchange.resources import MRN_SYSTEM_PREFIX, RESIDENT_ID_SYSTEM, WRITABLE, index_entry, validate
 from hie.patients import services as patients
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import unseal
@@ -26,9 +26,6 @@ from hie.platform.crypto import keyring
 from hie.platform.db import platform_session, shard_session, utcnow
 from hie.platform.jobs.services import emit
 from hie.tenants.models import Institution, Tenant
-
-RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
-MRN_SYSTEM_PREFIX = "urn:hie:mrn:"
 
 
 def everything_cache_key(person_id: str) -> str:
