@@ -48,7 +48,9 @@ def test_openapi_and_swagger_ui(client):
     assert "/api/v1/auth/token" in spec["paths"] and "/api/v1/patients/{patient_id}" in spec["paths"]
     assert spec["paths"]["/api/v1/patients"]["post"]["summary"].startswith("Register a local patient record")
     assert "bearerAuth" in spec["components"]["securitySchemes"]
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"/docs/static/swagger-ui-bundle.js" in page.data
+    assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
 
 
 def test_unknown_route_and_method_are_problem_json(client, as_user):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from hie.empi.matching import ModelWeights, Thresholds, cluster
 from hie.empi.normalize import NormalizedRecord, normalize_record
 
 log = logging.getLogger(__name__)
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 INPUT_COLUMNS = (
     "rec_id", "source", "name", "family_name", "given_name", "sex", "birth_date",
@@ -93,7 +95,7 @@ def _structural_fault(values: list[str], header: list[str], rec_id: str, seen: d
     """Why a row cannot be matched at all, or None."""
     if len(values) != len(header):
         return f"expected {len(header)} fields, got {len(values)}"
-    if any("\udc80" <= ch <= "\udcff" for value in values for ch in value):
+    if any(_UNDECODABLE.search(value) for value in values):
         return "not valid UTF-8"
     if not rec_id:
         return "missing rec_id"

@@ -148,7 +148,7 @@ def canonical_text(text: str | None) -> str:
 
 
 @lru_cache(maxsize=1)
-def _traditional_markers() -> tuple[frozenset[str], tuple[str, ...]]:
+def _traditional_markers() -> tuple[frozenset[str], re.Pattern[str]]:
     """Characters and phrases that t2s changes, so simplified text (most rows) can skip the slow converter."""
     folder = Path(opencc.__file__).parent / "dictionary"
     chars: set[str] = set()
@@ -160,14 +160,14 @@ def _traditional_markers() -> tuple[frozenset[str], tuple[str, ...]]:
     for line in (folder / "TSPhrases.txt").read_text(encoding="utf-8").splitlines():
         key, _, value = line.partition("\t")
         if value.split(" ")[0] != key and not chars.intersection(key):
-            phrases.append(key)
-    return frozenset(chars), tuple(phrases)
+            phrases.append(re.escape(key))
+    return frozenset(chars), re.compile("|".join(phrases) or "(?!)")
 
 
 def _is_traditional(text: str) -> bool:
     """Whether t2s would change the text at all."""
     chars, phrases = _traditional_markers()
-    return not chars.isdisjoint(text) or any(p in text for p in phrases)
+    return not chars.isdisjoint(text) or phrases.search(text) is not None
 
 
 def has_hanzi(text: str) -> bool:
@@ -199,15 +199,21 @@ def surname_pinyin(surname: str) -> str:
 
 
 @lru_cache(maxsize=65536)
+def _readings(given: str) -> tuple[str, ...]:
+    """pypinyin readings of a given name, looked up once for both its pinyin forms."""
+    return tuple(lazy_pinyin(given))
+
+
+@lru_cache(maxsize=65536)
 def given_pinyin(given: str) -> str:
     """Pinyin of a given name as one lowercase string."""
-    return latin_key("".join(lazy_pinyin(given)))
+    return latin_key("".join(_readings(given)))
 
 
 @lru_cache(maxsize=65536)
 def _syllables(given: str) -> tuple[str, ...]:
     """Per-character pinyin of a hanzi given name, to tell IME slips from different names."""
-    return tuple(latin_key(p) for p in lazy_pinyin(given))
+    return tuple(latin_key(p) for p in _readings(given))
 
 
 @lru_cache(maxsize=1)
@@ -293,7 +299,13 @@ def normalize_name(
 
 def parse_resident_id(raw: str | None, today: dt.date | None = None) -> ResidentId | None:
     """Validate an 18-digit ID or upgrade a 15-digit one (insert 19, add check digit); read birth and sex."""
-    text = unicodedata.normalize("NFKC", raw or "").upper()
+    return _parse_resident_id(raw or "", today or dt.date.today())
+
+
+@lru_cache(maxsize=65536)
+def _parse_resident_id(raw: str, today: dt.date) -> ResidentId | None:
+    """parse_resident_id for a given day, cached because registrations repeat the same numbers."""
+    text = unicodedata.normalize("NFKC", raw).upper()
     number = re.sub(r"[\s\-]", "", text)
     if not number:
         return None
@@ -305,7 +317,6 @@ def parse_resident_id(raw: str | None, today: dt.date | None = None) -> Resident
     if not _ID18.match(number):
         return ResidentId(number=number, valid=False)
     birth = _safe_date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
-    today = today or dt.date.today()
     plausible = birth is not None and dt.date(1880, 1, 1) <= birth <= today and number[0] in "12345678"
     valid = plausible and check_digit(number[:17]) == number[17]
     sex = "M" if int(number[16]) % 2 else "F"

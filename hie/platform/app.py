@@ -7,8 +7,9 @@ import re
 import uuid
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, request, send_from_directory
 from rq import Queue
+from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hie.platform import health
@@ -33,7 +34,7 @@ def _api_settings(app: Flask) -> None:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL="/docs/static/",
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
@@ -41,6 +42,15 @@ def _api_settings(app: Flask) -> None:
             "security": [{"bearerAuth": []}],
         },
     )
+
+
+def _swagger_assets(app: Flask) -> None:
+    """Swagger UI served from the installed package: a machine room may have no internet."""
+
+    def asset(filename: str) -> Response:
+        return send_from_directory(swagger_ui_path, filename)
+
+    app.add_url_rule("/docs/static/<path:filename>", "swagger_ui_asset", asset)
 
 
 def _bind_services(app: Flask, config: Config) -> None:
@@ -121,6 +131,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["TESTING"] = config.testing
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     _api_settings(app)
+    _swagger_assets(app)
     _bind_services(app, config)
     health.init_app(app)
     _unit_of_work(app)

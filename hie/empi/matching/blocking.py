@@ -29,7 +29,7 @@ def _date_keys(dates: tuple[dt.date, ...]) -> set[str]:
     """Birth dates plus their day/month-swapped forms, so swapped entries share a block."""
     keys = set()
     for d in dates:
-        keys.add(d.strftime("%Y%m%d"))
+        keys.add(f"{d.year:04d}{d.month:02d}{d.day:02d}")
         if d.day <= 12 and d.day != d.month:
             keys.add(f"{d.year:04d}{d.day:02d}{d.month:02d}")
     return keys
