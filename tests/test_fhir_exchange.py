@@ -9,7 +9,7 @@ from hie.platform import care
 from hie.platform.db import session_scope
 from hie.tenants.models import Institution
 from tests.conftest import shard_engine
-from tests.fhir_helpers import LOINC, clinical, create, patient
+from tests.fhir_helpers import ID_WANG, LOINC, clinical, create, patient
 
 TYPES = ("Encounter", "Condition", "Observation", "DiagnosticReport", "MedicationRequest", "Procedure",
          "AllergyIntolerance", "Immunization", "DocumentReference", "ImagingStudy")
@@ -55,7 +55,10 @@ def test_patient_round_trip_is_sealed_and_linked_to_the_empi(client, app, as_use
     with shard_engine(app, "yaodu").connect() as conn:
         raw = repr(conn.execute(text("SELECT * FROM fhir_resources")).all())
         raw += repr(conn.execute(text("SELECT * FROM fhir_resource_versions")).all())
-    assert "王秀英" not in raw and "13935712345" not in raw
+        raw += repr(conn.execute(text("SELECT * FROM fhir_tokens")).all())
+    assert "王秀英" not in raw and "13935712345" not in raw and ID_WANG not in raw
+    found = client.get(f"/fhir/Patient?identifier=urn:hie:id:CN-RIC|{ID_WANG}", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [stored["id"]]
     mine = client.get(f"/api/v1/patients/{stored['id']}", headers=headers).get_json()
     assert mine["master_person_id"]
 
@@ -255,3 +258,13 @@ def test_auditor_reads_audit_events_as_fhir(client, as_user):
     assert client.get(f"/fhir/AuditEvent/{seq}", headers=headers).status_code == 403
     assert client.get(f"/fhir/AuditEvent/{seq}", headers=as_user("yaodu.auditor")).status_code == 200
     assert client.put(f"/fhir/AuditEvent/{seq}", json=body, headers=headers).status_code == 405
+
+
+def test_dates_without_a_zone_are_local_time(client, as_user):
+    headers = as_user("yaodu.doctor")
+    subject = create(client, headers, patient())
+    create(client, headers, clinical("Observation", f"Patient/{subject['id']}", when="2024-03-05T07:00:00+08:00"))
+    same_day = client.get(f"/fhir/Observation?patient={subject['id']}&date=2024-03-05", headers=headers).get_json()
+    assert same_day["total"] == 1
+    utc_day = client.get(f"/fhir/Observation?patient={subject['id']}&date=2024-03-04", headers=headers).get_json()
+    assert utc_day["total"] == 0

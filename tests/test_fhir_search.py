@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
@@ -16,9 +17,11 @@ from hie.exchange.outcome import FhirError
 from hie.exchange.search_params import parse
 from hie.platform import care
 from hie.platform.audit.models import AuditEvent
-from hie.platform.db import session_scope
+from hie.platform.auth import accounts
+from hie.platform.auth.models import Role
+from hie.platform.db import session_scope, utcnow
 from hie.tenants.models import Institution
-from tests.conftest import TENANTS, new_patient, shard_engine
+from tests.conftest import PASSWORD, TENANTS, login, new_patient, shard_engine
 
 LOINC = "http://loinc.org"
 GLUCOSE, HBA1C, HEART_RATE = "2345-7", "4548-4", "8867-4"
@@ -76,7 +79,7 @@ def wang(client, as_user, fhir) -> dict:
     """A patient of 尧都区人民医院 with four observations over 2023-2024."""
     patient = new_patient(client, as_user("yaodu.doctor"))
     doctor = as_user("yaodu.doctor")
-    _observation(client, doctor, patient["id"], GLUCOSE, "2023-12-31T23:30:00Z")
+    _observation(client, doctor, patient["id"], GLUCOSE, "2023-12-31T10:30:00Z")
     _observation(client, doctor, patient["id"], GLUCOSE, "2024-03-05T08:00:00Z")
     _observation(client, doctor, patient["id"], HBA1C, "2024-03-20T09:00:00Z")
     _observation(client, doctor, patient["id"], HEART_RATE, "2024-07-01T10:00:00+08:00", status="preliminary",
@@ -169,7 +172,8 @@ def test_include_subject_and_results(client, as_user, wang):
     assert patient["resource"]["resourceType"] == "Patient" and patient["fullUrl"].endswith(f"/Patient/{wang['id']}")
     observations = _ids(_search(client, doctor, f"Observation?patient={wang['id']}&code={GLUCOSE}"))
     report = _post(client, doctor, {
-        "resourceType": "DiagnosticReport", "status": "final", "code": {"coding": [{"system": LOINC, "code": "24323-8"}]},
+        "resourceType": "DiagnosticReport", "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "24323-8"}]},
         "subject": {"reference": f"Patient/{wang['id']}"}, "effectiveDateTime": "2024-03-05",
         "result": [{"reference": f"Observation/{i}"} for i in observations]})
     bundle = _search(client, doctor, f"DiagnosticReport?patient={wang['id']}&_include=DiagnosticReport:result"
@@ -189,13 +193,19 @@ def test_include_subject_and_results(client, as_user, wang):
     ("Observation?code:text=glucose", "not-supported"), ("Observation?code=", "invalid"),
     ("Observation?code=a,,b", "invalid"), ("Observation?identifier=|", "invalid"),
     ("Observation?subject=Group/1", "not-supported"), ("Observation?patient=a&patient=b", "not-supported"),
-    ("Immunization?subject=x", "invalid"), ("Patient?date=2024", "invalid"), ("Observation?_count=5&_count=6", "invalid"),
+    ("Immunization?subject=x", "invalid"), ("Patient?date=2024", "invalid"),
+    ("Observation?_count=5&_count=6", "invalid"),
 ])
 def test_malformed_parameters_are_400_naming_the_parameter(client, as_user, fhir, query, code):
     outcome = _search(client, as_user("yaodu.doctor"), query, 400)
     assert outcome["resourceType"] == "OperationOutcome"
     issue = outcome["issue"][0]
     assert issue["code"] == code and issue["expression"]
+
+
+def test_audit_events_are_not_searchable_here(client, as_user, fhir):
+    outcome = _search(client, as_user("yaodu.doctor"), "AuditEvent?patient=x", 405)
+    assert outcome["issue"][0]["code"] == "not-supported"
 
 
 def test_parser_reads_every_form():
@@ -207,9 +217,9 @@ def test_parser_reads_every_form():
     assert [(t.system, t.code, t.any_system) for t in token.alternatives] == [("s", "c", False), (None, "d", True)]
     (date,) = params.dates
     assert (date.prefix, date.low.isoformat(), date.high.isoformat()) == (
-        "ge", "2024-02-01T00:00:00+00:00", "2024-03-01T00:00:00+00:00")
+        "ge", "2024-02-01T00:00:00+08:00", "2024-03-01T00:00:00+08:00")
     december = parse("Observation", MultiDict([("date", "2024-12")])).dates[0]
-    assert december.high.isoformat() == "2025-01-01T00:00:00+00:00"
+    assert december.high.isoformat() == "2025-01-01T00:00:00+08:00"
     with pytest.raises(FhirError) as caught:
         parse("Observation", MultiDict([("_include", "Observation:*")]))
     assert caught.value.status == 400 and caught.value.expression == ["_include"]
@@ -271,15 +281,46 @@ def test_patient_search_reaches_every_shard_of_the_person(client, app, as_user, 
 def test_search_is_audited_with_a_read_per_returned_record(client, as_user, platform_db, wang):
     bundle = _search(client, as_user("yaodu.doctor"), f"Observation?patient={wang['id']}&code={GLUCOSE}"
                                                       "&_include=Observation:subject")
-    events = platform_db.execute(select(AuditEvent.action, AuditEvent.resource_id, AuditEvent.patient,
-                                        AuditEvent.purpose, AuditEvent.detail)
-                                 .where(AuditEvent.username == "yaodu.doctor", AuditEvent.action.in_(["search", "read"]))
-                                 .order_by(AuditEvent.seq)).all()
+    events = platform_db.execute(
+        select(AuditEvent.action, AuditEvent.resource_id, AuditEvent.patient, AuditEvent.purpose, AuditEvent.detail)
+        .where(AuditEvent.username == "yaodu.doctor", AuditEvent.action.in_(["search", "read"]))
+        .order_by(AuditEvent.seq)).all()
     search = events[-4]
     assert search.action == "search" and search.patient == f"yaodu/{wang['id']}"
     assert GLUCOSE not in (search.detail or "") and "code" in search.detail
     reads = events[-3:]
     assert {r.resource_id for r in reads} == {e["resource"]["id"] for e in bundle["entry"]}
     assert {(r.action, r.patient, r.purpose) for r in reads} == {("read", f"yaodu/{wang['id']}", "own_institution")}
-    count = platform_db.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "search"))
-    assert count >= 1
+
+
+def test_included_resources_must_be_visible_too(client, app, as_user, platform_db, wang):
+    fd = as_user("yaodu.fd")
+    with session_scope(app.extensions["hie.engines"].platform) as session:
+        relationship_id = care.grant(session, _institution_id(platform_db, "YAODU-T1"), wang["master_person_id"],
+                                     care.CareKind.referral).id
+    observations = _ids(_search(client, fd, f"Observation?patient={wang['id']}&code={GLUCOSE}"))
+    report = _post(client, fd, {
+        "resourceType": "DiagnosticReport", "status": "final", "code": {"coding": [{"system": LOINC, "code": "1"}]},
+        "subject": {"reference": f"Patient/{wang['id']}"}, "effectiveDateTime": "2024-03-06",
+        "result": [{"reference": f"Observation/{i}"} for i in observations]})
+    query = "DiagnosticReport?_include=DiagnosticReport:result&_include=DiagnosticReport:subject"
+    assert len(_ids(_search(client, fd, query), "include")) == 3
+    with session_scope(app.extensions["hie.engines"].platform) as session:
+        care.end(session, session.get(care.CareRelationship, relationship_id), utcnow() - timedelta(seconds=1))
+    bundle = _search(client, fd, query)
+    assert bundle["total"] == 1 and _ids(bundle) == [report["id"]] and _ids(bundle, "include") == []
+
+
+def test_resident_finds_only_their_own_records(client, app, as_user, platform_db, wang):
+    other = new_patient(client, as_user("yaodu.doctor"), mrn="MRN-2", name="李四", sex="M", birth_date="1990-01-01",
+                        id_number=None, phone="13700000000", address=None)
+    _observation(client, as_user("yaodu.doctor"), other["id"])
+    with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
+        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-T1", PASSWORD, patient_id=wang["id"])
+    headers = login(client, "resident.wang")
+    assert _search(client, headers, f"Observation?code={GLUCOSE}")["total"] == 2
+    assert _search(client, headers, f"Observation?patient={wang['id']}")["total"] == 4
+    assert _search(client, headers, f"Observation?patient={other['id']}", 404)
+    purposes = platform_db.scalars(select(AuditEvent.purpose).where(
+        AuditEvent.username == "resident.wang", AuditEvent.action == "read", AuditEvent.outcome == "success")).all()
+    assert purposes and set(purposes) == {"self"}

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B import get_fhir_model_class
+from flask import current_app, has_app_context
 from pydantic import ValidationError
 
 from hie.exchange.outcome import FhirError
 
 FHIR_VERSION = "4.3.0"
+DEFAULT_ZONE = "Asia/Shanghai"
 RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
 MRN_SYSTEM_PREFIX = "urn:hie:mrn:"
 WRITABLE = (
@@ -79,16 +82,22 @@ def _get(resource: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+def local_zone() -> ZoneInfo:
+    """The zone of dates given without one: the platform's (Asia/Shanghai unless HIE_TIMEZONE says otherwise)."""
+    return ZoneInfo(current_app.config["HIE"].timezone if has_app_context() else DEFAULT_ZONE)
+
+
 def parse_date(value: str) -> datetime:
-    """A FHIR date, dateTime or instant as the start of the moment it names, in UTC."""
+    """A FHIR date, dateTime or instant as the start of the moment it names; zoneless values are local time."""
+    zone = local_zone()
     if len(value) == 4:
-        return datetime(int(value), 1, 1, tzinfo=UTC)
+        return datetime(int(value), 1, 1, tzinfo=zone)
     if len(value) == 7:
-        return datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=UTC)
+        return datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=zone)
     if len(value) == 10:
-        return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+        return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=zone)
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
 def _concepts(value: Any) -> Iterator[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""FHIR search: one indexed query per shard (count, then the page's keys, then its rows), visible rows only."""
+"""FHIR search: per shard one indexed COUNT and one page query, over the rows the caller may see only."""
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ _NULL_DATE = datetime.min.replace(tzinfo=UTC)
 def token_condition(resource_type: str, token: TokenFilter) -> ColumnElement[bool]:
     """Resources with a coding matching any alternative: a semi-join on the (type, param, code, system) index."""
     alternatives = []
+    sealed = resource_type == "Patient" and token.param == "identifier"
     for alternative in token.alternatives:
-        parts = [] if alternative.code is None else [FhirToken.code == alternative.code]
+        code = store.patient_identifier_index(alternative.code) if sealed and alternative.code else alternative.code
+        parts = [] if code is None else [FhirToken.code == code]
         if not alternative.any_system:
             parts.append(FhirToken.system.is_(None) if alternative.system is None
                          else FhirToken.system == alternative.system)
@@ -74,24 +76,30 @@ def _sort_key(value: datetime | None, tenant: str, resource_id: str) -> tuple[bo
     return value is not None, value or _NULL_DATE, tenant, resource_id
 
 
-def page_keys(params: SearchParams, shards: list[tuple[str, list[ColumnElement[bool]]]]) -> list[tuple[str, str]]:
-    """(shard, id) of the requested page: OFFSET/LIMIT in SQL for one shard, a merge of each top window for many."""
+def _order(params: SearchParams) -> tuple[Any, list[Any]]:
+    """The sort column and ORDER BY; the id breaks ties so pages never overlap."""
     column = FhirResource.date if params.sort_column == "date" else FhirResource.last_updated
-    order = [column.desc(), FhirResource.id.desc()] if params.descending else [column, FhirResource.id]
-    window, many = params.offset + params.count, len(shards) > 1
+    return column, [column.desc(), FhirResource.id.desc()] if params.descending else [column, FhirResource.id]
+
+
+def page(resource_type: str, params: SearchParams, shards: list[tuple[str, list[ColumnElement[bool]]]]) -> list[Found]:
+    """The requested page: OFFSET/LIMIT in SQL for one shard; for many, a merge of each shard's top keys."""
+    column, order = _order(params)
+    if len(shards) == 1:
+        tenant, where = shards[0]
+        query = select(FhirResource).where(*where).order_by(*order).offset(params.offset).limit(params.count)
+        return [(tenant, row) for row in shard_session(tenant).scalars(query)]
+    window = params.offset + params.count
     keyed: list[tuple[datetime | None, str, str]] = []
     for tenant, where in shards:
-        query = select(column, FhirResource.id).where(*where).order_by(*order)
-        query = query.limit(window) if many else query.offset(params.offset).limit(params.count)
+        query = select(column, FhirResource.id).where(*where).order_by(*order).limit(window)
         keyed += [(value, tenant, resource_id) for value, resource_id in shard_session(tenant).execute(query)]
-    if many:
-        keyed.sort(key=lambda key: _sort_key(*key), reverse=params.descending)
-        keyed = keyed[params.offset:window]
-    return [(tenant, resource_id) for _, tenant, resource_id in keyed]
+    keyed.sort(key=lambda key: _sort_key(*key), reverse=params.descending)
+    return load(resource_type, [(tenant, resource_id) for _, tenant, resource_id in keyed[params.offset:window]])
 
 
 def load(resource_type: str, keys: list[tuple[str, str]]) -> list[Found]:
-    """The rows of a page, in the page's order, one primary-key query per shard."""
+    """The rows of a merged page, in the page's order, one primary-key query per shard."""
     by_shard: dict[str, list[str]] = defaultdict(list)
     for tenant, resource_id in keys:
         by_shard[tenant].append(resource_id)
@@ -187,7 +195,7 @@ def search(identity: Identity, resource_type: str, query: MultiDict[str, str], b
         if count:
             shards.append((tenant, where))
             total += count
-    rows = load(resource_type, page_keys(params, shards)) if shards else []
+    rows = page(resource_type, params, shards) if shards else []
     matches = [(tenant, store.to_resource(row, tenant)) for tenant, row in rows]
     extra = included(identity, params, matches) if params.includes else []
     base = f"{base_url.rstrip('/')}/fhir"

@@ -168,13 +168,21 @@ def stored_or_registered(tenant_code: str, resource_type: str, resource_id: str)
     return row
 
 
+def patient_identifier_index(value: str) -> str:
+    """Patient identifiers (resident ID, MRN) are indexed only as blind indexes; systems stay readable."""
+    return keyring().blind_index("fhir.patient.identifier", value)
+
+
 def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], row: FhirResource) -> None:
     entry = index_entry(resource)
     row.patient_id, row.date, row.status = entry.patient_ref, entry.date, entry.status
     session.execute(delete(FhirToken).where(FhirToken.resource_type == row.resource_type,
                                             FhirToken.resource_id == row.id))
-    session.add_all(FhirToken(resource_type=row.resource_type, resource_id=row.id, param=p,
-                              system=(s or None) and s[:200], code=c[:200]) for p, s, c in entry.tokens)
+    sealed = row.resource_type == "Patient"
+    session.add_all(FhirToken(
+        resource_type=row.resource_type, resource_id=row.id, param=p, system=(s or None) and s[:200],
+        code=patient_identifier_index(c) if sealed and p == "identifier" else c[:200],
+    ) for p, s, c in entry.tokens)
 
 
 def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> None:

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
@@ -41,6 +42,7 @@ class Config:
     max_request_bytes: int = 2 * 1024 * 1024
     cache_ttl: int = 300
     proxy_hops: int = 0
+    timezone: str = "Asia/Shanghai"
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     testing: bool = False
@@ -85,6 +87,15 @@ def _redis_url(raw: str | None) -> str | None:
     parsed = urlparse(raw)
     if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
         raise ConfigError(f"HIE_REDIS_URL must look like redis://host:6379/0, got {raw!r}")
+    return raw
+
+
+def _timezone(raw: str) -> str:
+    """Clinical dates without a zone are in this zone (FHIR: the server's local time)."""
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"HIE_TIMEZONE must be an IANA time zone like Asia/Shanghai, got {raw!r}") from None
     return raw
 
 
@@ -140,6 +151,7 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
         max_request_bytes=_int(env, "HIE_MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
         cache_ttl=_int(env, "HIE_CACHE_TTL", 300, minimum=1),
         proxy_hops=_int(env, "HIE_PROXY_HOPS", 0),
+        timezone=_timezone(env.get("HIE_TIMEZONE") or "Asia/Shanghai"),
     )
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]
