@@ -95,7 +95,7 @@ def _structural_fault(values: list[str], header: list[str], rec_id: str, seen: d
     """Why a row cannot be matched at all, or None."""
     if len(values) != len(header):
         return f"expected {len(header)} fields, got {len(values)}"
-    if any(_UNDECODABLE.search(value) for value in values):
+    if _UNDECODABLE.search("".join(values)):
         return "not valid UTF-8"
     if not rec_id:
         return "missing rec_id"

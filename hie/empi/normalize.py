@@ -12,6 +12,7 @@ from pathlib import Path
 
 import opencc
 from pypinyin import lazy_pinyin
+from pypinyin.pinyin_dict import pinyin_dict
 
 from hie.platform.standards import check_digit
 
@@ -40,6 +41,9 @@ _COMMON_SURNAMES = (
     "戴莫孔向汤单解仇朴区查乐黑盖繁翟欧司上诸东牛温芦柴葛常易乔伍庞颜倪聂章鲁殷岳舒霍申鲍童祝宁"
 )
 _LATIN_ONLY = re.compile(r"[^a-z]")
+_SEPARATORS = re.compile(r"[\s\u00b7\u2022\u30fb.]+")
+_LYU = re.compile(r"(?<![a-z])([ln])yu")
+_ID_NOISE = re.compile(r"[\s\-]")
 _HANZI = re.compile(r"[\u3400-\u9fff\U00020000-\U0002ffff]")
 _ID18 = re.compile(r"^\d{17}[\dX]$")
 _DATE_PATTERNS = (
@@ -141,7 +145,7 @@ def canonical_text(text: str | None) -> str:
     if not text:
         return ""
     text = unicodedata.normalize("NFKC", text)
-    text = re.sub(r"[\s\u00b7\u2022\u30fb.]+", "", text)
+    text = _SEPARATORS.sub("", text)
     if not text.isascii() and _is_traditional(text):
         text = _t2s().convert(text)
     return text
@@ -175,10 +179,11 @@ def has_hanzi(text: str) -> bool:
     return bool(_HANZI.search(text))
 
 
+@lru_cache(maxsize=65536)
 def latin_key(text: str) -> str:
     """Lowercase letters only, tone marks and ü folded, so typed pinyin variants compare equal."""
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).lower())
-    text = re.sub(r"(?<![a-z])([ln])yu", r"\1v", text.replace("u\u0308", "v").replace("u:", "v"))
+    text = _LYU.sub(r"\1v", text.replace("u\u0308", "v").replace("u:", "v"))
     text = "".join(c for c in text if not unicodedata.combining(c))
     return _LATIN_ONLY.sub("", text)
 
@@ -200,8 +205,18 @@ def surname_pinyin(surname: str) -> str:
 
 @lru_cache(maxsize=65536)
 def _readings(given: str) -> tuple[str, ...]:
-    """pypinyin readings of a given name, looked up once for both its pinyin forms."""
+    """Readings of a given name: the dictionary's when every character has one, else pypinyin's (slower)."""
+    readings = [_single_reading(c) for c in given]
+    if all(readings):
+        return tuple(r for r in readings if r)
     return tuple(lazy_pinyin(given))
+
+
+@lru_cache(maxsize=65536)
+def _single_reading(char: str) -> str | None:
+    """Toneless reading of a character whose readings differ only in tone, else None."""
+    readings = {latin_key(r) for r in pinyin_dict.get(ord(char), "").split(",") if r}
+    return readings.pop() if len(readings) == 1 else None
 
 
 @lru_cache(maxsize=65536)
@@ -226,20 +241,27 @@ def _surname_pinyins() -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def _pinyin_syllables() -> frozenset[str]:
     """Every toneless pinyin syllable with a vowel, from pypinyin's character readings."""
-    from pypinyin.pinyin_dict import pinyin_dict
-
     readings = {latin_key(r) for r in {r for value in pinyin_dict.values() for r in value.split(",")}}
     return frozenset(r for r in readings if r and set(r) & set("aeiouv"))
 
 
 @lru_cache(maxsize=65536)
+def pinyin_splits(text: str, limit: int = 8) -> tuple[tuple[str, ...], ...]:
+    """Ways (up to limit) to read a lowercase Latin key as pinyin syllables: xian is xian or xi'an."""
+    if not text:
+        return ((),)
+    splits: list[tuple[str, ...]] = []
+    for size in range(min(6, len(text)), 0, -1):
+        if text[:size] in _pinyin_syllables():
+            splits.extend((text[:size], *rest) for rest in pinyin_splits(text[size:], limit))
+        if len(splits) >= limit:
+            break
+    return tuple(splits[:limit])
+
+
 def is_pinyin(text: str) -> bool:
     """Whether a lowercase Latin key splits into pinyin syllables, i.e. could be a typed Chinese name."""
-    syllables = _pinyin_syllables()
-    reachable = [True] + [False] * len(text)
-    for end in range(1, len(text) + 1):
-        reachable[end] = any(reachable[start] and text[start:end] in syllables for start in range(max(0, end - 6), end))
-    return bool(text) and reachable[-1]
+    return bool(text) and bool(pinyin_splits(text))
 
 
 def split_pinyin_name(name: str) -> tuple[str | None, str | None]:
@@ -306,7 +328,7 @@ def parse_resident_id(raw: str | None, today: dt.date | None = None) -> Resident
 def _parse_resident_id(raw: str, today: dt.date) -> ResidentId | None:
     """parse_resident_id for a given day, cached because registrations repeat the same numbers."""
     text = unicodedata.normalize("NFKC", raw).upper()
-    number = re.sub(r"[\s\-]", "", text)
+    number = _ID_NOISE.sub("", text)
     if not number:
         return None
     upgraded = False
@@ -472,4 +494,4 @@ def _apply_id(rec: NormalizedRecord, id_type: str | None, id_number: str | None)
             rec.sex = rid.sex
         return
     rec.id_type = (id_type or "OTHER").upper()
-    rec.id_number = re.sub(r"[\s\-]", "", unicodedata.normalize("NFKC", id_number)).upper() or None
+    rec.id_number = _ID_NOISE.sub("", unicodedata.normalize("NFKC", id_number)).upper() or None

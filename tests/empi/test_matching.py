@@ -3,6 +3,7 @@
 import json
 import time
 
+import numpy as np
 import pytest
 
 from hie.empi.matching import (
@@ -153,3 +154,71 @@ def test_single_record_scoring_is_fast():
         score(incoming, c, MODEL)
     score(incoming, a, MODEL)
     assert time.perf_counter() - started < 0.02
+
+
+def latin(rec_id: str, family: str, given: str, **fields: str):
+    return rec(rec_id, family_name=family, given_name=given, **fields)
+
+
+def test_different_western_given_name_is_left_to_the_weights():
+    a = latin("a", "pantazopoulos", "chloe", birth_date="19860807", address="147 allott place aldgate 2325 nsw")
+    b = latin("b", "pantazopoulos", "eboni", birth_date="19860807", address="147 allott place aldgate 2325 sa")
+    s = score(a, b, MODEL)
+    assert s.levels["given_name"] == "disagree" and s.veto is None
+
+
+def test_typed_pinyin_twins_still_vetoed():
+    a = rec("a", **{**BASE, "name": "Chen Zihan"})
+    b = rec("b", **{**BASE, "name": "CHEN, Zixuan"})
+    assert score(a, b, MODEL).veto == VETO_GIVEN_NAMES
+
+
+def test_typed_given_name_must_spell_the_hanzi_syllables():
+    hanzi = rec("a", **{**BASE, "name": "徐宁琳"})
+    assert score(hanzi, rec("b", **{**BASE, "name": "xuningliang"}), MODEL).veto == VETO_GIVEN_NAMES
+    slip = score(hanzi, rec("c", **{**BASE, "name": "Xu Ninglim"}), MODEL)
+    assert slip.levels["given_name"] == "jw92" and slip.veto is None
+
+
+def test_hanzi_given_names_of_different_length_disagree():
+    s = score(rec("a", **{**BASE, "name": "朱艳一"}), rec("b", **{**BASE, "name": "朱洋"}), MODEL)
+    assert s.levels["given_name"] == "disagree" and s.veto == VETO_GIVEN_NAMES
+
+
+def test_swapped_names_with_typos_and_a_name_moved_to_the_other_field():
+    swapped = score(latin("a", "white", "alexa-rose"), latin("b", "alexa-rose", "whitbe"), MODEL)
+    assert (swapped.levels["family_name"], swapped.levels["given_name"]) == ("jw92", "jw92")
+    moved = score(latin("a", "pascoe", "william"), latin("b", "samantha", "pascoe"), MODEL)
+    assert moved.levels["family_name"] == "pinyin" and moved.levels["given_name"] == "disagree"
+
+
+def test_latin_address_with_same_number_and_postcode_is_close():
+    a = latin("a", "x", "y", address="23 woollum street allu nga surreyh ills 2870 qld")
+    b = latin("b", "x", "y", address="23 allunga woollum street surrey hills 2870 qld")
+    assert score(a, b, MODEL).levels["address"] == "close"
+
+
+def test_blocking_keys_catch_transposed_ids_and_shared_street_address():
+    a = latin("a", "capurso", "harrison", id_type="AU-SOC", id_number="4086030", address="7 erldunda cct 6233 vic")
+    b = latin("b", "ruby", "capurso", id_type="AU-SOC", id_number="4086300", address="7 erldunda circuit 6233 vic")
+    shared = set(blocking_keys(a)) & set(blocking_keys(b))
+    assert {"ix:AU-SOC:0003468", "pc:6233:7"} <= shared
+
+
+def test_rare_names_weigh_more_than_common_ones_in_batch_matching():
+    from hie.empi.matching.cluster import name_frequency_adjustment
+    from hie.empi.matching.vectorized import RecordTable, compare_batch
+
+    names = ["smith john"] * 60 + ["bridgland nicholas"] * 2 + [f"other{i} person{i}" for i in range(500)]
+    records = [latin(str(i), *n.split()) for i, n in enumerate(names)]
+    pairs = np.array([[0, 1], [60, 61]])
+    levels = compare_batch(RecordTable.build(records), pairs[:, 0], pairs[:, 1])
+    common, rare = name_frequency_adjustment(RecordTable.build(records), pairs, levels, MODEL)
+    assert rare > common + 5
+
+
+def test_u_excludes_matches_hidden_in_random_pairs():
+    from hie.empi.matching.model import _without_matches
+
+    u = _without_matches([0.0, 0.9, 0.05, 0.05], np.array([0.0, 0.1, 0.1, 0.8]), 0.05)
+    assert abs(sum(u) - 1) < 1e-9 and u[3] < 0.05

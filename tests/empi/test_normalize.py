@@ -3,8 +3,12 @@
 import datetime as dt
 
 import pytest
+from pypinyin import lazy_pinyin
 
 from hie.empi.normalize import (
+    canonical_text,
+    is_pinyin,
+    latin_key,
     normalize_name,
     normalize_phone,
     normalize_record,
@@ -119,3 +123,24 @@ def test_unparseable_fields_recorded_as_issues():
     rec = normalize_record({"rec_id": "9", "birth_date": "31/31/1990", "id_type": "CN-RIC", "id_number": "123"})
     assert {f for f, _ in rec.issues} == {"birth_date", "id_number"}
     assert rec.birth_date is None and not rec.id_valid
+
+
+def test_pinyin_detection_tells_typed_chinese_names_from_western_ones():
+    assert is_pinyin("zihan") and is_pinyin("xiaolv") and is_pinyin("guoqiang")
+    assert not is_pinyin("chloe") and not is_pinyin("joshua") and not is_pinyin("")
+
+
+def test_simplified_text_skips_converter_but_traditional_is_converted():
+    assert canonical_text("广东省广州市天河区") == "广东省广州市天河区"
+    assert canonical_text("廣東省廣州市天河區") == "广东省广州市天河区"
+
+
+def test_latin_address_keeps_house_number_and_postcode():
+    addr = parse_address("147 Allott Place, Wyoming Park Aldgate 2325 NSW")
+    assert (addr.house_number, addr.postcode) == ("147", "2325")
+    assert addr.text == "147 allott place wyoming park aldgate 2325 nsw"
+
+
+@pytest.mark.parametrize("given", ["英轩", "长生", "重阳", "乐乐", "绿萝", "敏玉"])
+def test_fast_given_pinyin_matches_pypinyin(given):
+    assert normalize_name("王" + given)[3] == latin_key("".join(lazy_pinyin(given)))

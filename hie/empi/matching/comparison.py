@@ -7,7 +7,7 @@ import datetime as dt
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, JaroWinkler
 
-from hie.empi.normalize import Address, NormalizedRecord
+from hie.empi.normalize import Address, NormalizedRecord, is_pinyin, pinyin_splits
 
 MISSING = 0
 DISAGREE = 1
@@ -43,12 +43,36 @@ def _name_level(a_canon: str | None, b_canon: str | None, a_py: str | None, b_py
 
 
 def _hanzi_given_level(a: tuple[str, ...], b: tuple[str, ...], level: int) -> int:
-    """Hanzi given names of equal length are close only if each differing syllable is an IME slip."""
-    if level >= 4 or len(a) != len(b) or not a:
+    """Different hanzi given names are close only if of equal length and each differing syllable is an IME slip."""
+    if level >= 4 or not a or not b:
         return level
+    if len(a) != len(b):
+        return DISAGREE
     if all(x == y or OSA.distance(x, y) <= 1 for x, y in zip(a, b, strict=True)):
         return 3
     return DISAGREE
+
+
+def typed_spells(typed: str, syllables: tuple[str, ...]) -> bool:
+    """Whether typed pinyin splits into the hanzi name's syllables, each as typed or one IME slip away."""
+    if not syllables:
+        return not typed
+    head, rest = syllables[0], syllables[1:]
+    for size in range(max(1, len(head) - 1), len(head) + 2):
+        if size <= len(typed) and OSA.distance(typed[:size], head) <= 1 and typed_spells(typed[size:], rest):
+            return True
+    return False
+
+
+def typed_given_level(a: NormalizedRecord, b: NormalizedRecord, level: int) -> int:
+    """A typed Chinese given name only fuzzily like another is a different name unless it spells its syllables."""
+    hanzi, typed = (a, b) if a.given_syllables else (b, a)
+    if typed.name_is_hanzi or not typed.given_pinyin or not hanzi.given_pinyin:
+        return level
+    readings = (hanzi.given_syllables,) if hanzi.given_syllables else pinyin_splits(hanzi.given_pinyin)
+    if not readings or not is_pinyin(typed.given_pinyin):
+        return level
+    return level if any(typed_spells(typed.given_pinyin, r) for r in readings) else DISAGREE
 
 
 def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
@@ -57,6 +81,8 @@ def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
     giv = _name_level(a.given_name, b.given_name, a.given_pinyin, b.given_pinyin)
     if a.given_syllables and b.given_syllables:
         giv = _hanzi_given_level(a.given_syllables, b.given_syllables, giv)
+    elif giv in (2, 3):
+        giv = typed_given_level(a, b, giv)
     if fam == 5 and giv == 5:
         return fam, giv
     a_full, b_full = a.full_pinyin, b.full_pinyin

@@ -103,7 +103,7 @@ def default_model() -> ModelWeights:
     return ModelWeights(fields=fields, prior=1e-5, trained_on="defaults")
 
 
-def estimate_u(records: Sequence[NormalizedRecord], n_pairs: int = 200_000, seed: int = 7,
+def estimate_u(records: Sequence[NormalizedRecord], n_pairs: int = 100_000, seed: int = 7,
                table: RecordTable | None = None) -> list[list[float]]:
     """u probabilities from random pairs, which are almost all different people."""
     n = len(records)
@@ -124,8 +124,10 @@ def estimate_u(records: Sequence[NormalizedRecord], n_pairs: int = 200_000, seed
 
 def _pattern_counts(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct comparison vectors and how often each occurs, so EM runs on patterns not pairs."""
-    patterns, counts = np.unique(levels, axis=0, return_counts=True)
-    return patterns, counts.astype(float)
+    base = int(levels.max()) + 1 if len(levels) else 1
+    powers = base ** np.arange(levels.shape[1], dtype=np.int64)
+    codes, first, counts = np.unique(levels @ powers, return_index=True, return_counts=True)
+    return levels[first], counts.astype(float)
 
 
 def estimate_model(

@@ -9,9 +9,10 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA, JaroWinkler
 
-from hie.empi.matching.comparison import FIELDS, NEAR_BIRTH_DAYS
+from hie.empi.matching.comparison import FIELDS, NEAR_BIRTH_DAYS, typed_given_level
 from hie.empi.normalize import NormalizedRecord
 
+CHUNK_PAIRS = 50_000
 _ADDRESS_PARTS = ("province", "city", "county", "township", "village", "house_number")
 
 
@@ -30,12 +31,14 @@ class _Codes:
 def _dates(records: Sequence[NormalizedRecord]) -> tuple[np.ndarray, np.ndarray]:
     """Up to two birth dates per record as ordinals (0 = none) and as their eight YYYYMMDD digits."""
     ordinals = np.zeros((len(records), 2), dtype=np.int64)
-    digits = np.zeros((len(records), 2, 8), dtype=np.int8)
+    ymd = np.zeros((len(records), 2), dtype=np.int64)
     for i, rec in enumerate(records):
         for k, day in enumerate(rec.birth_dates[:2]):
             ordinals[i, k] = day.toordinal()
-            digits[i, k] = [int(c) for c in f"{day.year:04d}{day.month:02d}{day.day:02d}"]
-    return ordinals, digits
+            ymd[i, k] = day.year * 10000 + day.month * 100 + day.day
+    powers = 10 ** np.arange(7, -1, -1, dtype=np.int64)
+    digits = (ymd[:, :, None] // powers) % 10
+    return ordinals, digits.astype(np.int8)
 
 
 @dataclass(slots=True)
@@ -102,12 +105,11 @@ class RecordTable:
                 "given": _objects([r.given_pinyin for r in records]),
                 "id": _objects([r.id_number for r in records]),
                 "phone": _objects(phones),
-                "address": _objects([a.text if a else None for a in addresses]),
+                "sorted_address": _objects([" ".join(sorted(a.text.split())) if a else None for a in addresses]),
                 "bare_address": _objects([a.text.replace(" ", "") if a else None for a in addresses]),
             },
             **_syllable_tables(records),
         )
-
 
 
 def _objects(values: list[str | None]) -> np.ndarray:
@@ -157,10 +159,16 @@ def _compare_names(t: RecordTable, a: np.ndarray, b: np.ndarray) -> tuple[np.nda
     """Family and given levels with the swap and run-together rules of comparison.compare_names."""
     fam = _name_levels(t, a, b, t.fam, t.fam_py, "family")
     giv = _name_levels(t, a, b, t.giv, t.giv_py, "given")
-    slips = np.flatnonzero((t.syllables[a] > 0) & (t.syllables[a] == t.syllables[b]) & (giv < 4))
+    hanzi_given = (t.syllables[a] > 0) & (t.syllables[b] > 0) & (giv < 4)
+    slips = np.flatnonzero(hanzi_given & (t.syllables[a] == t.syllables[b]))
     codes = t.syllable_codes
     each_close = t.syllable_close[codes[a[slips]], codes[b[slips]]].all(axis=1)
+    giv[hanzi_given] = 1
     giv[slips] = np.where(each_close, 3, 1)
+    recs = t.records
+    typed = ~((t.syllables[a] > 0) & (t.syllables[b] > 0)) & ((giv == 2) | (giv == 3))
+    for k in np.flatnonzero(typed).tolist():
+        giv[k] = typed_given_level(recs[a[k]], recs[b[k]], int(giv[k]))
     both_exact = (fam == 5) & (giv == 5)
     full = ~both_exact & (t.full[a] > 0) & (t.full[a] == t.full[b]) & ((fam < 4) | (giv < 4))
     rest = ~both_exact & ~full & (t.fam_py[a] > 0) & (t.giv_py[a] > 0) & (t.fam_py[b] > 0) & (t.giv_py[b] > 0)
@@ -253,7 +261,7 @@ def _compare_addresses(t: RecordTable, a: np.ndarray, b: np.ndarray) -> np.ndarr
     level[chinese] = _chinese_addresses(t, a[chinese], b[chinese])
     latin = differ & ~chinese
     la, lb = a[latin], b[latin]
-    sim = np.maximum(_similarity(t, la, lb, "address", "address", fuzz.token_sort_ratio, 59),
+    sim = np.maximum(_similarity(t, la, lb, "sorted_address", "sorted_address", fuzz.ratio, 59),
                      _similarity(t, la, lb, "bare_address", "bare_address", fuzz.ratio, 59)) / 100.0
     same_place = (t.postcode[la] > 0) & (t.postcode[la] == t.postcode[lb])
     same_place &= t.addr_parts[la, 5] == t.addr_parts[lb, 5]
@@ -265,6 +273,14 @@ def _compare_addresses(t: RecordTable, a: np.ndarray, b: np.ndarray) -> np.ndarr
 def compare_batch(table: RecordTable, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Level matrix (pairs x fields) equal row for row to comparison.compare on each pair."""
     a, b = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    if len(a) > CHUNK_PAIRS:
+        return np.concatenate([_compare_chunk(table, a[k : k + CHUNK_PAIRS], b[k : k + CHUNK_PAIRS])
+                               for k in range(0, len(a), CHUNK_PAIRS)])
+    return _compare_chunk(table, a, b)
+
+
+def _compare_chunk(table: RecordTable, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """compare_batch on a slice small enough that the temporary columns stay a few megabytes."""
     fam, giv = _compare_names(table, a, b)
     sex_a, sex_b = table.sex[a], table.sex[b]
     sex = np.where((sex_a > 0) & (sex_b > 0), np.where(sex_a & sex_b, 2, 1), 0)
