@@ -185,6 +185,7 @@ def _build(home: Path, mysql: str, redis_url: str | None, ring_path: Path) -> Fl
 
 
 def _institutions(engine: Engine) -> dict[str, int]:
+    """Institution ids by code, for mapping the synthetic sources in load files and registrations."""
     with engine.connect() as conn:
         return dict(conn.execute(text("SELECT code, id FROM institutions")).all())
 
@@ -227,7 +228,7 @@ def _forget(engine: Engine, registered: list[empi.Registration], marks: dict[str
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM empi_reviews WHERE id > :m"), {"m": marks["empi_reviews"]})
         conn.execute(text("DELETE FROM empi_person_events WHERE id > :m"), {"m": marks["empi_person_events"]})
-        conn.execute(text("DELETE FROM outbox_events WHERE id > :m"), {"m": marks["outbox_events"]})
+        conn.execute(text("DELETE FROM outbox_events WHERE topic = 'empi.record_linked'"))
         for i in range(0, len(record_ids), 500):
             conn.execute(text("DELETE FROM empi_blocking_keys WHERE record_id IN :ids").bindparams(
                 ids=tuple(record_ids[i:i + 500])))
@@ -238,12 +239,14 @@ def _forget(engine: Engine, registered: list[empi.Registration], marks: dict[str
 
 
 def _marks(engine: Engine) -> dict[str, int]:
+    """Highest ids before a stage, so cleaning up afterwards removes only what the stage wrote."""
     with engine.connect() as conn:
         return {table: conn.scalar(text(f"SELECT COALESCE(MAX(id), 0) FROM {table}"))
-                for table in ("empi_reviews", "empi_person_events", "outbox_events")}
+                for table in ("empi_reviews", "empi_person_events")}
 
 
 def _run_stage(app: Flask, stage: Stage, institutions: dict[str, int]) -> tuple[list[float], Counter[str]]:
+    """Time the stage's registrations (after a warm-up) and clean up after them."""
     engine = app.extensions["hie.engines"].platform
     marks = _marks(engine)
     timings, outcomes, registered = [], Counter(), []
@@ -258,6 +261,7 @@ def _run_stage(app: Flask, stage: Stage, institutions: dict[str, int]) -> tuple[
 
 
 def _counts(engine: Engine) -> tuple[int, int, int]:
+    """Actual table sizes, so the printed index size is what was measured against."""
     with engine.connect() as conn:
         return tuple(conn.scalar(text(f"SELECT COUNT(*) FROM {table}"))  # type: ignore[return-value]
                      for table in ("empi_persons", "empi_records", "empi_blocking_keys"))
@@ -265,6 +269,7 @@ def _counts(engine: Engine) -> tuple[int, int, int]:
 
 def _report(persons: int, load_seconds: float, counts: tuple[int, int, int], timings: list[float],
             outcomes: Counter[str]) -> None:
+    """One size's figures, beside the target and the published EMPI."""
     ordered = sorted(timings)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000
