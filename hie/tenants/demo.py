@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hie.exchange.demo_data import load_demo_records
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import seal
 from hie.platform.auth import accounts
@@ -143,6 +144,7 @@ def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
         if patient_id is not None:
             accounts.add_user(session, "yaodu.resident", [Role.resident], "YAODU-T1", DEMO_PASSWORD,
                               "王秀英", patient_id=patient_id)
+    load_demo_records(app, echo)
     echo(demo_logins())
 
 

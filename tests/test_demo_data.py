@@ -1,0 +1,108 @@
+"""`hie demo` loads linked patients across tenants, visible to the demo clinicians, and a rerun adds nothing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hie.platform.app import create_app
+from hie.platform.config import load_config
+from tests.conftest import MYSQL_URL
+
+PASSWORD = "Linfen-Demo-2026"
+LOINC = "http://loinc.org"
+LAB_CODES = ("58410-2", "1742-6", "2160-0", "4548-4", "1558-6")
+PLATFORM_TABLES = ("users", "empi_persons", "empi_records", "exchange_registry", "care_relationships")
+
+pytestmark = pytest.mark.skipif(bool(MYSQL_URL), reason="reads the demo's SQLite files directly")
+
+
+def _hie(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIE_")}
+    env["HIE_HOME"] = str(home)
+    result = subprocess.run([sys.executable, "-m", "hie.platform.cli", *args], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _query(db: Path, sql: str, *params: object) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _counts(home: Path) -> dict[str, int]:
+    counts = {table: _query(home / "platform.db", f"SELECT COUNT(*) FROM {table}")[0][0] for table in PLATFORM_TABLES}
+    for shard in sorted((home / "tenants").glob("*.db")):
+        for table in ("patients", "fhir_resources", "fhir_tokens"):
+            counts[f"{shard.stem}.{table}"] = _query(shard, f"SELECT COUNT(*) FROM {table}")[0][0]
+    return counts
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """One demo build for the module: it is the slow part."""
+    home = tmp_path_factory.mktemp("demo-data")
+    yield home, _hie(home, "init", "--with-demo").stdout
+
+
+def test_patients_in_several_tenants_with_coded_labs(demo: tuple[Path, str]) -> None:
+    home, output = demo
+    assert "demo records: 300 patients" in output
+    shards = {shard.stem: _query(shard, "SELECT COUNT(*) FROM patients")[0][0]
+              for shard in (home / "tenants").glob("*.db")}
+    assert sum(count >= 50 for count in shards.values()) >= 3
+    assert sum(shards.values()) >= 300
+    labs = {code: 0 for code in LAB_CODES}
+    for shard in (home / "tenants").glob("*.db"):
+        for code, count in _query(shard, "SELECT code, COUNT(*) FROM fhir_tokens WHERE param = 'code' AND system = ?"
+                                  " AND code IN (?, ?, ?, ?, ?) GROUP BY code", LOINC, *LAB_CODES):
+            labs[code] += count
+    assert all(labs.values()), labs
+    types = {row[0] for shard in (home / "tenants").glob("*.db")
+             for row in _query(shard, "SELECT DISTINCT resource_type FROM fhir_resources")}
+    assert {"Observation", "DiagnosticReport", "ImagingStudy", "DocumentReference", "Condition",
+            "MedicationRequest", "Encounter", "Immunization"} <= types
+
+
+@pytest.mark.parametrize(("username", "institution", "tenants"), [
+    ("yaodu.familydoctor", "YAODU-T1", ("linfen", "yaodu")),
+    ("quwo.doctor", "QUWO-CH", ("linfen", "quwo")),
+])
+def test_everything_shows_records_from_both_tenants(demo: tuple[Path, str], username: str, institution: str,
+                                                    tenants: tuple[str, str]) -> None:
+    home, _ = demo
+    rows = _query(home / "platform.db", """
+        SELECT r.patient_id FROM care_relationships c
+        JOIN institutions i ON i.id = c.institution_id
+        JOIN empi_records r ON r.person_id = c.master_person_id AND r.institution_id = i.id
+        WHERE i.code = ? AND (SELECT COUNT(*) FROM exchange_registry x WHERE x.master_person_id = c.master_person_id
+                              AND x.tenant_code IN (?, ?)) = 2""", institution, *tenants)
+    assert rows, f"no patient of {institution} with a care relationship and records in {tenants}"
+    app = create_app(load_config({"HIE_HOME": str(home)}))
+    try:
+        with app.test_client() as client:
+            token = client.post("/api/v1/auth/token", json={"username": username, "password": PASSWORD})
+            headers = {"Authorization": f"Bearer {token.get_json()['access_token']}"}
+            response = client.get(f"/fhir/Patient/{rows[0][0]}/$everything", headers=headers)
+    finally:
+        app.extensions["hie.engines"].dispose()
+    assert response.status_code == 200, response.get_json()
+    resources = [entry["resource"] for entry in response.get_json()["entry"]]
+    shards = {r["id"].split(".", 1)[0] for r in resources if r["resourceType"] != "Patient"}
+    assert set(tenants) <= shards, shards
+    assert sum(r["resourceType"] == "Patient" for r in resources) >= 2
+
+
+def test_rerun_changes_nothing(demo: tuple[Path, str]) -> None:
+    home, _ = demo
+    before = _counts(home)
+    again = _hie(home, "demo")
+    assert "demo records: already loaded" in again.stdout
+    assert _counts(home) == before
