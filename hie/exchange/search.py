@@ -83,12 +83,12 @@ def _order(params: SearchParams) -> tuple[Any, list[Any]]:
 
 
 def page(resource_type: str, params: SearchParams, shards: list[tuple[str, list[ColumnElement[bool]]]]) -> list[Found]:
-    """The requested page: OFFSET/LIMIT in SQL for one shard; for many, a merge of each shard's top keys."""
+    """The page's keys from the covering index (OFFSET/LIMIT, or a merge of each shard's top keys), then rows by PK."""
     column, order = _order(params)
     if len(shards) == 1:
         tenant, where = shards[0]
-        query = select(FhirResource).where(*where).order_by(*order).offset(params.offset).limit(params.count)
-        return [(tenant, row) for row in shard_session(tenant).scalars(query)]
+        query = select(FhirResource.id).where(*where).order_by(*order).offset(params.offset).limit(params.count)
+        return load(resource_type, [(tenant, resource_id) for resource_id in shard_session(tenant).scalars(query)])
     window = params.offset + params.count
     keyed: list[tuple[datetime | None, str, str]] = []
     for tenant, where in shards:
