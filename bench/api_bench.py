@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hie.empi.services import person_of_local  # noqa: E402
 from hie.patients.models import SEALED_FIELDS, Patient  # noqa: E402
 from hie.patients.sealing import unseal  # noqa: E402
 from hie.platform.app import create_app  # noqa: E402
@@ -36,14 +37,21 @@ from hie.tenants.models import InstitutionLevel, RegionLevel  # noqa: E402
 PASSWORD = "Bench-pass-2026"
 
 
+BENCH_DATABASES = ("hie_bench_platform", "hie_bench_county")
+
+
+def _drop_databases(mysql: str) -> None:
+    engine = create_engine(mysql)
+    with engine.begin() as conn:
+        for name in BENCH_DATABASES:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
 def _build(home: Path, mysql: str | None, redis_url: str | None) -> tuple[Flask, str]:
     env = {"HIE_HOME": str(home), "HIE_SECRET_KEY": "b" * 40}
     if mysql:
-        engine = create_engine(mysql)
-        with engine.begin() as conn:
-            for name in ("hie_bench_platform", "hie_bench_county"):
-                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        engine.dispose()
+        _drop_databases(mysql)
         env["HIE_PLATFORM_DB_URL"] = f"{mysql}/hie_bench_platform"
         env["HIE_TENANT_DB_URL_TEMPLATE"] = f"{mysql}/hie_bench_{{tenant}}"
     if redis_url:
@@ -71,13 +79,14 @@ def _build(home: Path, mysql: str | None, redis_url: str | None) -> tuple[Flask,
 
 
 def _add_bare_route(app: Flask, shard_url: str) -> None:
-    """The same read with no token check, a fixed shard engine and no audit."""
-    ring = app.extensions["hie.keyring"]
+    """The same read and the same body (master person included) with no token check, a fixed shard, no audit."""
+    ring, cache, engines = app.extensions["hie.keyring"], app.extensions["hie.cache"], app.extensions["hie.engines"]
 
     def bare(patient_id: str):  # noqa: ANN202
-        with Session(app.extensions["hie.engines"].engine(shard_url)) as session:
+        with Session(engines.engine(shard_url)) as session, Session(engines.platform) as platform:
             patient = session.get(Patient, patient_id)
-            body = {"id": patient.id, "mrn": patient.mrn, "sex": patient.sex, "version": patient.version}
+            body = {"id": patient.id, "mrn": patient.mrn, "sex": patient.sex, "version": patient.version,
+                    "master_person_id": person_of_local(platform, cache, patient.institution_id, patient.mrn)}
             body.update({field: unseal(ring, "county", patient, field) for field in SEALED_FIELDS})
         return jsonify(body)
 
@@ -113,6 +122,8 @@ def run(label: str, mysql: str | None, redis_url: str | None, count: int) -> Non
         full = _summary(_measure(app, f"/api/v1/patients/{patient_id}", headers, count))
         bare = _summary(_measure(app, f"/bench/bare/{patient_id}", {}, count))
         app.extensions["hie.engines"].dispose()
+        if mysql:
+            _drop_databases(mysql)
     print(f"{label:<28} {'full stack':>12} {full[0]:>9.0f} req/s  p50 {full[1]:6.2f} ms  p99 {full[2]:6.2f} ms")
     print(f"{'':<28} {'bare read':>12} {bare[0]:>9.0f} req/s  p50 {bare[1]:6.2f} ms  p99 {bare[2]:6.2f} ms")
     print(f"{'':<28} {'ratio':>12} {full[1] / bare[1]:>9.2f}x p50 (stack cost {full[1] - bare[1]:.2f} ms)")

@@ -52,11 +52,13 @@ def _register_with_empi(identity: Identity, patient: Patient, values: dict[str, 
     return registration.person_id
 
 
-def view(identity: Identity, patient: Patient, basis: access.Basis) -> dict[str, Any]:
-    """The record with identifiers unsealed, for a caller the policy has let in."""
+def view(identity: Identity, patient: Patient, basis: access.Basis, person_id: str | None = None) -> dict[str, Any]:
+    """The record with identifiers unsealed, for a caller the policy has let in (person_id if already known)."""
     ring = keyring()
+    if person_id is None:
+        person_id = empi.person_of_local(platform_session(), _cache(), patient.institution_id, patient.mrn)
     out: dict[str, Any] = {
-        "master_person_id": empi.person_of_local(platform_session(), _cache(), patient.institution_id, patient.mrn),
+        "master_person_id": person_id,
         "id": patient.id, "tenant_code": identity.tenant_code, "institution_id": patient.institution_id,
         "mrn": patient.mrn, "sex": patient.sex, "birth_date": patient.birth_date,
         "version": patient.version, "access_basis": basis.value,
@@ -92,12 +94,14 @@ def register(identity: Identity, data: dict[str, Any], patient_id: str | None = 
     return patient
 
 
-def _visible(identity: Identity, patient_id: str, write: bool, reason: str | None) -> tuple[Patient, access.Basis]:
-    """The record and the basis to see it, or 404 for missing and forbidden alike (no existence leak)."""
+def _visible(
+    identity: Identity, patient_id: str, write: bool, reason: str | None,
+) -> tuple[Patient, access.Basis, str | None]:
+    """The record, the basis to see it and its master person, or 404 for missing and forbidden alike."""
     action = "update" if write else "read"
     ref = audit.patient_ref(identity.tenant_code, patient_id)
     patient = shard_session(identity.tenant_code).get(Patient, patient_id) if len(patient_id) <= 36 else None
-    basis = None
+    basis = person_id = None
     if patient is not None:
         person_id = empi.person_of_local(platform_session(), _cache(), patient.institution_id, patient.mrn)
         record = access.PatientRecordRef(identity.tenant_code, patient.id, patient.institution_id, person_id)
@@ -109,18 +113,18 @@ def _visible(identity: Identity, patient_id: str, write: bool, reason: str | Non
     audit.record(action, resource_type=RESOURCE, resource_id=patient.id, patient=ref, purpose=basis.value,
                  break_glass=basis is access.Basis.break_glass,
                  detail=reason if basis is access.Basis.break_glass else None)
-    return patient, basis
+    return patient, basis, person_id
 
 
 def read(identity: Identity, patient_id: str, break_glass_reason: str | None) -> dict[str, Any]:
     """One record, if the caller may see it."""
-    patient, basis = _visible(identity, patient_id, write=False, reason=break_glass_reason)
-    return view(identity, patient, basis)
+    patient, basis, person_id = _visible(identity, patient_id, write=False, reason=break_glass_reason)
+    return view(identity, patient, basis, person_id)
 
 
 def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_match: int | None) -> dict[str, Any]:
     """Change a record of the caller's own institution; a stale If-Match version is a 412."""
-    patient, basis = _visible(identity, patient_id, write=True, reason=None)
+    patient, basis, _ = _visible(identity, patient_id, write=True, reason=None)
     if if_match is not None and if_match != patient.version:
         abort(412, message=f"The record is at version {patient.version}, not {if_match}; reload it first.")
     values = _normalised(changes)
