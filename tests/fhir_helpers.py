@@ -53,3 +53,17 @@ def create(client: Any, headers: dict[str, str], resource: dict[str, Any]) -> di
     response = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=headers)
     assert response.status_code == 201, response.get_json()
     return response.get_json()
+
+
+def run_jobs(app: Any) -> None:
+    """Deliver queued outbox events: with Redis a real RQ worker in burst mode; inline mode needs nothing."""
+    connection = app.extensions["hie.redis"]
+    if connection is None:
+        return
+    from rq import SimpleWorker
+
+    from hie.platform.jobs import tasks
+    from hie.platform.jobs.services import QUEUE_NAME
+
+    tasks.bind_app(app)
+    SimpleWorker([QUEUE_NAME], connection=connection).work(burst=True)

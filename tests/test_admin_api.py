@@ -80,7 +80,7 @@ def test_disabling_an_account_ends_its_logins_at_once(client, as_user, platform_
 def test_role_change_takes_effect_on_live_tokens(client, as_user, platform_db):
     doctor = as_user("yaodu.doctor")
     user_id = platform_db.scalar(select(User.id).where(User.username == "yaodu.doctor"))
-    client.patch(f"/api/v1/users/{user_id}", json={"roles": ["auditor"]}, headers=as_user("yaodu.admin"))
+    client.patch(f"/api/v1/users/{user_id}", json={"roles": ["auditor"]}, headers=as_user("admin"))
     assert client.get("/api/v1/patients", headers=doctor).status_code == 403
     assert client.get("/api/v1/auth/me", headers=doctor).get_json()["roles"] == ["auditor"]
 

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, func, select, update
 
-from hie.platform.audit.models import AuditEvent
+from hie.platform.audit.models import AuditChainHead, AuditEvent
 from hie.platform.cli import main
-from tests.conftest import hie_environ, new_patient
+from tests.conftest import hie_environ, login, new_patient
 
 
 @pytest.fixture
@@ -70,6 +70,42 @@ def test_deleted_tail_is_detected(some_events, verify, platform_db):
     result = verify()
     assert result.exit_code == 1
     assert f"event(s) {last - 1}-{last} deleted" in result.output
+
+
+def _truncate_and_move_head(platform_db) -> int:
+    """Cut the last two events and point the chain head at the new last one, as a careful intruder would."""
+    keep = platform_db.scalar(select(func.max(AuditEvent.seq))) - 2
+    keep_hash = platform_db.scalar(select(AuditEvent.hash).where(AuditEvent.seq == keep))
+    platform_db.execute(delete(AuditEvent).where(AuditEvent.seq > keep))
+    platform_db.execute(update(AuditChainHead).values(last_seq=keep, last_hash=keep_hash))
+    platform_db.commit()
+    return keep
+
+
+def test_truncated_tail_with_a_moved_chain_head_is_detected(some_events, verify, platform_db):
+    keep = _truncate_and_move_head(platform_db)
+    result = verify()
+    assert result.exit_code == 1
+    assert f"TAMPERED at event {keep}: chain head forged or moved" in result.output
+
+
+def test_truncation_stays_detected_after_new_events_are_appended(client, some_events, verify, platform_db):
+    keep = _truncate_and_move_head(platform_db)
+    login(client, "yaodu.nurse")
+    login(client, "yaodu.nurse")
+    result = verify()
+    assert result.exit_code == 1
+    assert f"TAMPERED at event {keep}: chain head forged or moved (found by a later append)" in result.output
+
+
+def test_chain_head_that_miscounts_the_events_is_detected(some_events, verify, platform_db):
+    last = platform_db.scalar(select(func.max(AuditEvent.seq)))
+    platform_db.execute(update(AuditChainHead).values(last_seq=last + 5))
+    platform_db.commit()
+    result = verify()
+    assert result.exit_code == 1
+    assert f"event(s) {last + 1}-{last + 5} deleted" in result.output
+    assert f"{last} events stored but the chain head counts {last + 5}" in result.output
 
 
 def test_auditor_filters_by_patient_user_and_time(client, as_user, some_events):

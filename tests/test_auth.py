@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -66,6 +67,26 @@ def test_lockout_after_repeated_failures_even_with_right_password(client, platfo
     assert user.locked_until is not None and user.locked_until > utcnow()
 
 
+def test_concurrent_wrong_passwords_are_all_counted_and_lock(app, client, platform_db):
+    threshold = app.config["HIE"].lockout_threshold
+
+    def attempt(i: int) -> int:
+        with app.test_client() as own:
+            return _token(own, username="yaodu.nurse", password=f"Wrong-password-{i}").status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(attempt, range(4 * threshold)))
+    assert set(codes) <= {401, 423}
+    platform_db.rollback()
+    details = [e.detail for e in _login_events(platform_db, "yaodu.nurse")]
+    counted = sum(d in ("wrong password", "wrong password; account locked") for d in details)
+    locks = details.count("wrong password; account locked")
+    user = platform_db.scalar(select(User).where(User.username == "yaodu.nurse"))
+    assert locks >= 1 and locks * threshold + user.failed_logins == counted, (details, user.failed_logins)
+    assert user.locked_until is not None and user.locked_until > utcnow()
+    assert _token(client, username="yaodu.nurse").status_code == 423
+
+
 def test_lock_expires(client, app, platform_db):
     user = platform_db.scalar(select(User).where(User.username == "yaodu.doctor"))
     user.locked_until = utcnow() - timedelta(seconds=1)
@@ -124,7 +145,7 @@ def test_logout_revokes_access_and_refresh_tokens(client, platform_db):
     assert platform_db.scalar(select(AuthSession.revoked_at)) is not None
 
 
-def test_refresh_rotates_and_reuse_revokes_the_login(client):
+def test_refresh_rotates_and_reuse_revokes_the_login(client, platform_db):
     first = _token(client).get_json()
     second = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert second.status_code == 200
@@ -136,6 +157,14 @@ def test_refresh_rotates_and_reuse_revokes_the_login(client):
         .status_code == 401
     reused = client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert reused.status_code == 401
+    assert client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {second['access_token']}"}) \
+        .status_code == 401
+    assert client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]}).status_code == 401
+    platform_db.rollback()
+    revoked = platform_db.scalars(select(AuthSession.revoked_at)).all()
+    assert len(revoked) == 2 and None not in revoked
+    assert [e.outcome for e in platform_db.scalars(select(AuditEvent).where(
+        AuditEvent.action == "token_refresh").order_by(AuditEvent.seq))] == ["success", "denied", "denied"]
 
 
 def test_stolen_refresh_token_with_wrong_secret_ends_the_session(client):

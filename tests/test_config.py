@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hie.platform.config import ConfigError, load_config
@@ -56,3 +58,50 @@ def test_malformed_keyring_is_refused_by_name(tmp_path):
     path.write_text('{"active": "k1", "keys": {"k1": "c2hvcnQ"}, "index_key": "", "audit_key": ""}')
     with pytest.raises(ConfigError, match="HIE_KEYRING_FILE"):
         KeyRing(path)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HIE_WORKERS", "abc"), ("HIE_WORKERS", "0"), ("HIE_THREADS", "zero"), ("HIE_LOG_LEVEL", "LOUD"),
+])
+def test_server_settings_are_validated_by_name(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_config({"HIE_HOME": str(tmp_path), name: value})
+
+
+def test_server_settings_are_taken(tmp_path):
+    config = load_config({"HIE_HOME": str(tmp_path), "HIE_WORKERS": "3", "HIE_THREADS": "2",
+                          "HIE_LOG_LEVEL": "warning"})
+    assert (config.workers, config.threads, config.log_level) == (3, 2, "WARNING")
+
+
+def test_unwritable_home_is_refused_by_name(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="HIE_HOME"):
+        load_config({"HIE_HOME": str(blocker / "home")})
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):
+        with pytest.raises(ConfigError, match="HIE_HOME"):
+            load_config({"HIE_HOME": str(locked)})
+
+
+def test_mistyped_keyring_file_stops_an_initialised_platform(app, home):
+    from click.testing import CliRunner
+
+    from hie.platform.cli import main
+    from tests.conftest import hie_environ
+
+    typo = home / "keyrnig.json"
+    result = CliRunner().invoke(main, ["tenants", "list"], env={**hie_environ(home), "HIE_KEYRING_FILE": str(typo)})
+    assert result.exit_code == 1
+    assert "HIE_KEYRING_FILE" in result.output and "Traceback" not in result.output
+    assert not typo.exists()
+
+
+def test_first_initialisation_creates_the_keyring(tmp_path):
+    from hie.platform.app import create_app
+
+    ring = tmp_path / "ring" / "keys.json"
+    create_app(load_config({"HIE_HOME": str(tmp_path / "home"), "HIE_KEYRING_FILE": str(ring)}))
+    assert ring.exists()

@@ -58,13 +58,45 @@ def test_thresholds_are_validated_and_stored(hie, platform_db):
     assert (row.link, row.review) == (8.5, 1.5)
 
 
+@pytest.mark.parametrize(("link", "review"), [("nan", "1"), ("inf", "1"), ("8", "-inf")])
+def test_thresholds_must_be_finite_and_nothing_is_stored(hie, platform_db, link, review):
+    result = hie("empi", "thresholds", "141002", "--link", link, "--review", review)
+    assert result.exit_code == 1 and "finite" in result.output
+    assert platform_db.get(RegionThresholds, "141002") is None
+
+
+def test_dedupe_unwritable_output_is_a_clear_error(hie, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("rec_id,name\nr1,张三\n", encoding="utf-8")
+    result = hie("empi", "dedupe", "--input", str(source), "--output", str(tmp_path / "no-such-dir" / "out.csv"))
+    assert result.exit_code == 1 and "cannot open" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_dedupe_reports_huge_fields_quotes_duplicates_sex_and_future_dates_by_line(hie, tmp_path):
+    source, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text("rec_id,name,sex,birth_date\nr1,张三,X,1980-01-01\nr2," + "x" * 140_000 + ",M,1980-01-01\n"
+                      "r1,王五,M,1980-01-01\nr4,赵六,F,2090-01-01\nr5,\"钱七,F,1980-01-01\nr6,孙八,M,1970-01-01\n",
+                      encoding="utf-8")
+    result = hie("empi", "dedupe", "--input", str(source), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert "line 2: sex: unknown sex 'X'" in result.output
+    assert "line 3: field name is 140000 characters long" in result.output
+    assert "line 4: duplicate rec_id (first on line 2)" in result.output
+    assert "line 5: birth_date: birth date '2090-01-01' is in the future" in result.output
+    assert "line 6: unterminated quote" in result.output
+    with out.open(encoding="utf-8") as handle:
+        assert [row["rec_id"] for row in csv.DictReader(handle)] == ["r1", "r2", "r4", "r5", "r6"]
+
+
 def test_rebuild_links_what_new_thresholds_allow_and_it_can_be_undone(hie, client, as_user, platform_db):
+    assert hie("empi", "thresholds", "141002", "--link", "30", "--review", "29").exit_code == 0
     first = new_patient(client, as_user("yaodu.doctor"), mrn="P-1", name="刘芳", birth_date="1990-02-03",
-                        id_number=None, phone=None, sex="F", address=None)
+                        id_number=None, phone="13500000001", sex="F", address=None)
     second = new_patient(client, as_user("yaodu.doctor"), mrn="P-2", name="刘芳", birth_date="1990-03-02",
-                         id_number=None, phone=None, sex="F", address=None)
+                         id_number=None, phone="13500000001", sex="F", address=None)
     assert first["master_person_id"] != second["master_person_id"]
-    assert hie("empi", "thresholds", "141002", "--link", "1.0", "--review", "0.5").exit_code == 0
+    assert hie("empi", "thresholds", "141002", "--link", "10", "--review", "5").exit_code == 0
     if REDIS_URL:
         queued = hie("empi", "rebuild", "--no-wait")
         assert queued.exit_code == 0 and "queued" in queued.output

@@ -106,3 +106,54 @@ def test_keyring_refuses_wrong_associated_data(app):
         except DecryptionError:
             continue
         raise AssertionError(f"opened under {aad}")
+
+
+def _under_key(app, kid: str) -> dict[str, int]:
+    """Stored ciphertexts made with one key, per database, over every registered sealed column."""
+    from sqlalchemy import select
+
+    from hie.platform.keys import load_registry
+    from tests.conftest import TENANTS
+
+    engines = {"platform": app.extensions["hie.engines"].platform}
+    engines.update({code: shard_engine(app, code) for code in TENANTS})
+    counts = {}
+    for name, engine in engines.items():
+        counts[name] = 0
+        with engine.connect() as conn:
+            for sealed in load_registry():
+                if sealed.platform != (name == "platform"):
+                    continue
+                column = sealed.table.c[sealed.column]
+                flag = sealed.table.c[sealed.sealed_flag].is_(True) if sealed.sealed_flag else column.is_not(None)
+                values = conn.execute(select(column).where(flag, column.is_not(None))).scalars()
+                counts[name] += sum(value.startswith(kid + "$") for value in values)
+    return counts
+
+
+def test_rotation_reaches_fhir_versions_and_the_empi_and_everything_still_reads(client, app, as_user, home):
+    from tests.fhir_helpers import create, patient, run_jobs
+
+    yaodu, quwo = as_user("yaodu.doctor"), as_user("quwo.doctor")
+    local = new_patient(client, yaodu)
+    fhir_yaodu = create(client, yaodu, patient(name="张三", id_number=None, phone="13700000001"))
+    fhir_quwo = create(client, quwo, patient())
+    changed = client.put(f"/fhir/Patient/{fhir_quwo['id']}", json={**fhir_quwo, "gender": "male"}, headers=quwo)
+    assert changed.status_code == 200, changed.get_json()
+    run_jobs(app)
+    ring = app.extensions["hie.keyring"]
+    old_kid = ring.active_kid
+    before = _under_key(app, old_kid)
+    assert before["platform"] > 0 and before["quwo"] >= 3 and before["yaodu"] >= 5, before
+    result = CliRunner().invoke(main, ["keys", "rotate", "--batch", "1"], env=hie_environ(home))
+    assert result.exit_code == 0, result.output
+    assert f"platform: {before['platform']} values re-encrypted" in result.output
+    ring.material(force=True)
+    assert _under_key(app, old_kid) == {name: 0 for name in before}
+    assert client.get(f"/api/v1/patients/{local['id']}", headers=yaodu).get_json() == local
+    assert client.get(f"/fhir/Patient/{fhir_yaodu['id']}", headers=yaodu).get_json()["name"] == [{"text": "张三"}]
+    assert client.get(f"/fhir/Patient/{fhir_quwo['id']}", headers=quwo).get_json()["gender"] == "male"
+    first = client.get(f"/fhir/Patient/{fhir_quwo['id']}/_history/1", headers=quwo)
+    assert first.status_code == 200 and first.get_json()["gender"] == "female"
+    found = client.get("/api/v1/empi/persons?name=王秀英&birth_date=1958-03-12&sex=F", headers=yaodu)
+    assert found.status_code == 200 and found.get_json(), found.get_json()

@@ -186,7 +186,7 @@ def test_include_subject_and_results(client, as_user, wang):
 @pytest.mark.parametrize(("query", "code"), [
     ("Observation?date=2024-13", "invalid"), ("Observation?date=xx2024", "invalid"),
     ("Observation?date=sa2024", "not-supported"), ("Observation?date=2024-02-30", "invalid"),
-    ("Observation?_count=0", "invalid"), ("Observation?_count=101", "invalid"), ("Observation?_count=a", "invalid"),
+    ("Observation?_count=-1", "invalid"), ("Observation?_count=101", "invalid"), ("Observation?_count=a", "invalid"),
     ("Observation?_offset=-1", "invalid"), ("Observation?_sort=code", "invalid"), ("Observation?_sort=", "invalid"),
     ("Observation?_include=Observation:performer", "not-supported"),
     ("Observation?_include=Encounter:subject", "not-supported"), ("Observation?foo=1", "invalid"),
@@ -316,7 +316,7 @@ def test_resident_finds_only_their_own_records(client, app, as_user, platform_db
                         id_number=None, phone="13700000000", address=None)
     _observation(client, as_user("yaodu.doctor"), other["id"])
     with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
-        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-T1", PASSWORD, patient_id=wang["id"])
+        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-CH", PASSWORD, patient_id=wang["id"])
     headers = login(client, "resident.wang")
     assert _search(client, headers, f"Observation?code={GLUCOSE}")["total"] == 2
     assert _search(client, headers, f"Observation?patient={wang['id']}")["total"] == 4

@@ -52,12 +52,27 @@ def test_stale_if_match_is_412_and_changes_nothing(client, as_user):
         .status_code == 400
 
 
-def test_duplicate_mrn_is_409(client, app, as_user):
+def test_duplicate_mrn_with_different_demographics_is_409(client, app, as_user):
     new_patient(client, as_user("yaodu.doctor"))
     response = client.post("/api/v1/patients", json={"mrn": "MRN-1", "name": "李四"},
                            headers=as_user("yaodu.doctor"))
     assert response.status_code == 409
+    assert "different demographics" in response.get_json()["detail"]
     assert _count(app) == 1
+
+
+def test_reregistering_the_same_record_answers_the_existing_one(client, app, as_user, platform_db):
+    from hie.empi.models import PersonRecord
+
+    first = new_patient(client, as_user("yaodu.doctor"), id_number="141002580312002", phone="139-3571-2345")
+    again = client.post("/api/v1/patients", json={
+        "mrn": "MRN-1", "name": "王秀英", "sex": "F", "birth_date": "1958-03-12",
+        "id_number": valid_id("14100219580312002"), "phone": "13935712345",
+        "address": "山西省临汾市尧都区屯里镇东关村12号"}, headers=as_user("yaodu.doctor"))
+    assert again.status_code == 200
+    assert again.get_json() == first
+    assert _count(app) == 1
+    assert platform_db.scalar(select(func.count()).select_from(PersonRecord)) == 1
 
 
 @pytest.mark.parametrize(("body", "field"), [

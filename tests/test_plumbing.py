@@ -118,3 +118,28 @@ def test_sweep_delivers_events_left_undelivered(client, app, as_user, platform_d
         assert sweep(["yaodu"], older_than=timedelta(0)) == 1
     run_jobs(app)
     assert platform_db.scalar(select(InstitutionPatientCount.patients)) == 1
+
+
+def test_metrics_content_type_has_one_charset(client):
+    response = client.get("/metrics")
+    assert response.headers["Content-Type"].count("charset") == 1
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+
+
+def test_access_log_line_has_path_and_request_id_but_no_query_string():
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger, SafeAtoms
+
+    from hie.platform.serve import ACCESS_LOG_FORMAT
+
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/api/v1/patients?id_number=141002195803120029",
+               "PATH_INFO": "/api/v1/patients", "QUERY_STRING": "id_number=141002195803120029",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.1", "HTTP_REFERER": "/x?phone=13935712345"}
+    response = SimpleNamespace(status="200 OK", sent=12, headers=[("X-Request-Id", "req-42")])
+    atoms = Logger(Config()).atoms(response, SimpleNamespace(headers=[]), environ, timedelta(microseconds=1500))
+    line = ACCESS_LOG_FORMAT % SafeAtoms(atoms)
+    assert '"GET /api/v1/patients HTTP/1.1" 200' in line and "rid=req-42" in line
+    assert "141002195803120029" not in line and "13935712345" not in line

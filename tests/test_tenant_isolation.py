@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, text
+import uuid
 
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from hie.empi.models import PersonRecord
 from hie.platform.audit.models import AuditEvent
-from tests.conftest import new_patient, shard_engine, valid_id
+from hie.platform.auth.models import User
+from tests.conftest import login, new_patient, shard_engine, valid_id
 
 
 def _events(platform_db, username, action=None):
@@ -97,3 +103,125 @@ def test_tenant_admin_cannot_add_institution_or_users_in_another_tenant(client, 
     assert response.status_code == 422
     assert client.post("/api/v1/auth/token", json={"username": "intruder", "password": "Strong-pass-123"}) \
         .status_code == 401
+
+
+# --- Every route with an id, walked from app.url_map, tried by quwo's clinician with yaodu's ids ---
+
+_SKIPPED_ENDPOINTS = {"static", "swagger_ui_asset", "fhir.unmatched", "fhir.unmatched_root"}
+_ROLE_GATED = {"empi.PersonById", "empi.PersonHistory", "empi.Merge", "empi.Unmerge", "empi.ReviewDecision",
+               "tenants.UserById"}
+# (endpoint, method, values) -> the URL arguments; "{x}" names an id of yaodu's fixture data.
+_CASES: list[tuple[str, str, dict[str, str]]] = [
+    ("patients.PatientById", "GET", {"patient_id": "{local}"}),
+    ("patients.PatientById", "PATCH", {"patient_id": "{local}"}),
+    ("patients.PatientById", "GET", {"patient_id": "{fhir_patient}"}),
+    *[("fhir.read", "GET", {"resource_type": t, "resource_id": i})
+      for t, i in (("Patient", "{fhir_patient}"), ("Patient", "{local}"), ("Observation", "{observation}"),
+                   ("Condition", "{condition}"))],
+    *[("fhir.vread", "GET", {"resource_type": t, "resource_id": i, "version": "1"})
+      for t, i in (("Patient", "{fhir_patient}"), ("Observation", "{observation}"))],
+    *[("fhir.update", "PUT", {"resource_type": t, "resource_id": i})
+      for t, i in (("Patient", "{fhir_patient}"), ("Observation", "{observation}"))],
+    ("fhir.patient_everything", "GET", {"patient_id": "{fhir_patient}"}),
+    ("fhir.patient_everything", "GET", {"patient_id": "{local}"}),
+    ("fhir.prior_results", "GET", {"patient_id": "{fhir_patient}", "code": "8480-6"}),
+    ("empi.PersonById", "GET", {"person_id": "{person}"}),
+    ("empi.PersonHistory", "GET", {"person_id": "{person}"}),
+    ("empi.Merge", "POST", {"person_id": "{person}"}),
+    ("empi.Unmerge", "POST", {"person_id": "{person}"}),
+    ("empi.ReviewDecision", "POST", {"review_id": "1"}),
+    ("tenants.UserById", "PATCH", {"user_id": "{user}"}),
+]
+
+
+@pytest.fixture(scope="module")
+def yaodu_data(app):
+    """yaodu's records, made once for the route walk; quwo's clinician is logged in."""
+    from tests.conftest import wipe
+    from tests.fhir_helpers import clinical, create, patient, run_jobs
+
+    wipe(app)
+    with app.test_client() as setup:
+        doctor = login(setup, "yaodu.doctor")
+        local = new_patient(setup, doctor, mrn="ISO-1")
+        fhir_patient = create(setup, doctor, patient(name="赵六", id_number=None, phone="13700000009"))
+        observation = create(setup, doctor, clinical("Observation", f"Patient/{fhir_patient['id']}"))
+        condition = create(setup, doctor, clinical("Condition", f"Patient/{fhir_patient['id']}"))
+        run_jobs(app)
+        with Session(app.extensions["hie.engines"].platform) as session:
+            person = session.scalar(select(PersonRecord.person_id).where(PersonRecord.patient_id == local["id"]))
+            user = session.scalar(select(User.id).where(User.username == "yaodu.doctor"))
+        assert person is not None
+        ids = {"local": local["id"], "fhir_patient": fhir_patient["id"], "observation": observation["id"],
+               "condition": condition["id"], "person": person, "user": str(user)}
+        quwo = login(setup, "quwo.doctor")
+        resources = {"fhir_patient": fhir_patient, "observation": observation}
+    return ids, quwo, resources, doctor
+
+
+def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> dict | None:
+    if endpoint == "patients.PatientById":
+        return {"phone": "13800000000"}
+    if endpoint == "fhir.update":
+        key = "fhir_patient" if values["resource_type"] == "Patient" else "observation"
+        return {**resources[key], "status": "entered-in-error"} if key == "observation" else \
+            {**resources[key], "gender": "male"}
+    if endpoint == "empi.Merge":
+        return {"into": values["person_id"]}
+    if endpoint == "empi.ReviewDecision":
+        return {"decision": "link"}
+    if endpoint == "tenants.UserById":
+        return {"active": False}
+    return None
+
+
+def test_every_route_with_an_id_is_covered(app):
+    walked = {rule.endpoint for rule in app.url_map.iter_rules()
+              if rule.arguments and rule.endpoint not in _SKIPPED_ENDPOINTS}
+    assert walked == {case[0] for case in _CASES} | {"fhir.create", "fhir.search"}
+
+
+@pytest.mark.parametrize(("endpoint", "method", "values"), _CASES,
+                         ids=[f"{m} {e} {'/'.join(v.values())}" for e, m, v in _CASES])
+def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_db, endpoint, method, values):
+    ids, quwo, resources, doctor = yaodu_data
+    filled = {k: v.format(**ids) for k, v in values.items()}
+    rule = next(r for r in app.url_map.iter_rules() if r.endpoint == endpoint and method in r.methods)
+    url = rule.build({**filled, "tenant": "yaodu"}, append_unknown=True)[1]
+    request_id = f"iso-{uuid.uuid4().hex}"
+    headers = {**quwo, "X-Request-Id": request_id, "X-Tenant": "yaodu"}
+    with app.test_client() as client:
+        def state() -> object:
+            platform_db.rollback()
+            if endpoint in ("patients.PatientById", "fhir.update"):
+                return client.get(url, headers=doctor).get_json()
+            if endpoint == "tenants.UserById":
+                return platform_db.get(User, int(ids["user"])).active
+            return platform_db.execute(select(PersonRecord.person_id, PersonRecord.patient_id)
+                                       .order_by(PersonRecord.id)).all()
+
+        before = state()
+        response = client.open(url, method=method, headers=headers, json=_body(endpoint, filled, resources))
+        expected = 403 if endpoint in _ROLE_GATED else 404
+        assert response.status_code == expected, (url, response.get_data(as_text=True))
+        assert state() == before
+    platform_db.rollback()
+    events = platform_db.scalars(select(AuditEvent).where(AuditEvent.request_id == request_id)).all()
+    assert events and all(e.username == "quwo.doctor" and e.outcome in ("not_found", "denied") for e in events)
+
+
+@pytest.mark.parametrize("query", [
+    "/api/v1/patients?tenant=yaodu", "/api/v1/patients?mrn=ISO-1", "/fhir/Patient?tenant=yaodu",
+    "/fhir/Patient?_id={fhir_patient}", "/fhir/Observation?patient={fhir_patient}",
+    "/fhir/Observation?subject=Patient/{fhir_patient}", "/fhir/Condition?patient={local}",
+    "/api/v1/empi/xref?local_id=ISO-1&tenant=yaodu",
+])
+def test_searches_with_other_tenants_ids_or_tenant_parameters_find_nothing(app, yaodu_data, query):
+    ids, quwo, _resources, _doctor = yaodu_data
+    with app.test_client() as client:
+        response = client.get(query.format(**ids), headers={**quwo, "X-Tenant": "yaodu", "X-Tenant-Code": "yaodu"})
+    body = response.get_json()
+    assert response.status_code in (200, 400, 404), body
+    if response.status_code == 200:
+        assert body == [] if isinstance(body, list) else (body["total"] == 0 and not body.get("entry")), body
+    assert "赵六" not in response.get_data(as_text=True) and "王秀英" not in response.get_data(as_text=True)

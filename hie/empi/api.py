@@ -10,6 +10,7 @@ from flask_smorest import Blueprint, abort
 from sqlalchemy import func, select
 
 from hie.empi import queries, stewardship
+from hie.empi.index import survivor, unseal_demographics
 from hie.empi.models import PersonEvent, PersonRecord, ReviewItem, ReviewStatus
 from hie.empi.schemas import (
     CrossReferenceQuerySchema,
@@ -22,7 +23,7 @@ from hie.empi.schemas import (
     ReviewDecisionSchema,
     ReviewSchema,
 )
-from hie.empi.services import survivor, thresholds_for, unseal_demographics
+from hie.empi.services import thresholds_for
 from hie.platform.access import Permission, require
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import login_required
@@ -41,6 +42,10 @@ def _cache() -> Any:
     return current_app.extensions["hie.cache"]
 
 
+def _ring() -> Any:
+    return current_app.extensions["hie.keyring"]
+
+
 @blp.route("/xref")
 class CrossReference(MethodView):
     """PIX."""
@@ -53,7 +58,7 @@ class CrossReference(MethodView):
         """Master person of one of the caller's own local records, with its local ids elsewhere"""
         identity = require(Permission.patient_read)
         session = platform_session()
-        person_id = queries.cross_reference(session, identity.institution_id, query["local_id"])
+        person_id = queries.cross_reference(session, _cache(), identity.institution_id, query["local_id"])
         if person_id is None:
             audit.record("xref", "not_found", resource_type="MasterPerson", resource_id=query["local_id"])
             abort(404, message="No record with that local id at your institution.")
@@ -158,7 +163,7 @@ class Merge(MethodView):
     def post(self, body: dict[str, str], person_id: str) -> PersonEvent:
         """Merge this master person into another; undo with unmerge (stewards)"""
         return _steward_action("merge", person_id, lambda user_id: stewardship.merge(
-            platform_session(), _cache(), person_id, body["into"], user_id))
+            platform_session(), _ring(), _cache(), person_id, body["into"], user_id))
 
 
 @blp.route("/persons/<string:person_id>/unmerge")
@@ -225,7 +230,7 @@ class ReviewDecision(MethodView):
         identity = _steward()
         session = platform_session()
         try:
-            item = stewardship.decide_review(session, _cache(), review_id, body["decision"], identity.user_id)
+            item = stewardship.decide_review(session, _ring(), _cache(), review_id, body["decision"], identity.user_id)
         except LookupError:
             abort(404, message="No such review.")
         except stewardship.StewardshipError as exc:

@@ -31,6 +31,8 @@ def empi_dedupe(in_path: Path, out_path: Path) -> None:
         report = dedupe_csv(in_path, out_path)
     except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{in_path}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot open {exc.filename or out_path}: {exc.strerror or exc}") from None
     for problem in report.malformed:
         click.echo(f"line {problem.line}: {problem.reason} (rec_id {problem.rec_id!r})", err=True)
     for problem in report.field_issues:

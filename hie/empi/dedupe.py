@@ -6,6 +6,7 @@ import csv
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from hie.empi.normalize import NormalizedRecord, normalize_record
 
 log = logging.getLogger(__name__)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+MAX_FIELD_CHARS = 1000
+MAX_CSV_FIELD = 2**31 - 1
 
 INPUT_COLUMNS = (
     "rec_id", "source", "name", "family_name", "given_name", "sex", "birth_date",
@@ -61,26 +64,72 @@ class _Row:
     record: NormalizedRecord | None
 
 
+class _Lines:
+    """Physical lines for csv.reader, with the position of the last line handed out and a way to step back."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines, self.pos = lines, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _records(lines: list[str], width: int) -> Iterator[tuple[int, list[str], str | None]]:
+    """(first line, fields, fault) per CSV record; a runaway quote is reported and the lines after it re-read."""
+    source = _Lines(lines)
+    reader = csv.reader(source, strict=True)
+    while True:
+        start = source.pos + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            values, fault = [], f"bad quoting: {exc}"
+            if "unexpected end of data" in str(exc):
+                fault = "unterminated quote: the quoted field opened on this line is never closed"
+        else:
+            if source.pos == start or len(values) == width:
+                yield start, values, None
+                continue
+            fault = f"unterminated quote: the quoted field opened on this line runs on to line {source.pos}"
+        partial = next(csv.reader([lines[start - 1]]), [])
+        yield start, partial, fault
+        source.pos = start
+        reader = csv.reader(source, strict=True)
+
+
 def _read_rows(in_path: Path, report: DedupeReport, encoding: str) -> list[_Row]:
     """Parse the CSV, keeping every data row; structural faults mark a row malformed, not fatal."""
     rows: list[_Row] = []
     first_line: dict[str, int] = {}
     with in_path.open(newline="", encoding=encoding, errors="surrogateescape") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip().lower() for h in next(reader, [])]
+        lines = handle.read().splitlines(keepends=True)
+    limit = csv.field_size_limit(MAX_CSV_FIELD)
+    try:
+        header = [h.strip().lower() for h in next(csv.reader(lines[:1]), [])]
         if "rec_id" not in header:
             raise ValueError(f"{in_path}: header has no rec_id column")
         rec_col = header.index("rec_id")
-        line = reader.line_num
-        for values in reader:
-            start, line = line + 1, reader.line_num
-            if not values or all(not v.strip() for v in values):
+        for start, values, fault in _records(lines[1:], len(header)):
+            start += 1
+            if not fault and (not values or all(not v.strip() for v in values)):
                 continue
-            rec_id = values[rec_col].strip() if rec_col < len(values) else ""
-            reason = _structural_fault(values, header, rec_id, first_line)
+            rec_id = _printable(values[rec_col].strip()[:MAX_FIELD_CHARS]) if rec_col < len(values) else ""
+            if rec_id and not fault and rec_id in first_line:
+                report.malformed.append(RowProblem(start, rec_id, f"duplicate rec_id (first on line "
+                                                                  f"{first_line[rec_id]}); row not written"))
+                continue
+            reason = fault or _structural_fault(values, header, rec_id)
             if reason:
-                report.malformed.append(RowProblem(start, _printable(rec_id), reason))
-                rows.append(_Row(start, _printable(rec_id), None))
+                report.malformed.append(RowProblem(start, rec_id, reason))
+                rows.append(_Row(start, rec_id, None))
                 continue
             first_line[rec_id] = start
             raw = {name: value for name, value in zip(header, values, strict=True) if name in INPUT_COLUMNS}
@@ -88,10 +137,12 @@ def _read_rows(in_path: Path, report: DedupeReport, encoding: str) -> list[_Row]
             for field_name, issue in record.issues:
                 report.field_issues.append(RowProblem(start, rec_id, issue, field_name))
             rows.append(_Row(start, rec_id, record))
+    finally:
+        csv.field_size_limit(limit)
     return rows
 
 
-def _structural_fault(values: list[str], header: list[str], rec_id: str, seen: dict[str, int]) -> str | None:
+def _structural_fault(values: list[str], header: list[str], rec_id: str) -> str | None:
     """Why a row cannot be matched at all, or None."""
     if len(values) != len(header):
         return f"expected {len(header)} fields, got {len(values)}"
@@ -99,8 +150,9 @@ def _structural_fault(values: list[str], header: list[str], rec_id: str, seen: d
         return "not valid UTF-8"
     if not rec_id:
         return "missing rec_id"
-    if rec_id in seen:
-        return f"duplicate rec_id (first on line {seen[rec_id]})"
+    longest = max(range(len(values)), key=lambda k: len(values[k]))
+    if len(values[longest]) > MAX_FIELD_CHARS:
+        return f"field {header[longest]} is {len(values[longest])} characters long (at most {MAX_FIELD_CHARS})"
     return None
 
 
@@ -119,14 +171,15 @@ def dedupe_csv(
     """Assign a person_id to every row of IN.csv; without a model the weights are learnt by EM."""
     started = time.perf_counter()
     report = DedupeReport()
-    rows = _read_rows(Path(in_path), report, encoding)
-    usable = [row for row in rows if row.record is not None]
-    records = [row.record for row in usable if row.record is not None]
-    result = cluster(records, model=model, thresholds=thresholds)
-    person_of_row: dict[int, int] = {id(row): person for row, person in zip(usable, result.person_of, strict=True)}
-    labels: dict[tuple[str, int], str] = {}
-    sizes: dict[str, int] = {}
+    # Opened first, so an unwritable output fails before minutes of matching, not after.
     with Path(out_path).open("w", newline="", encoding="utf-8") as handle:
+        rows = _read_rows(Path(in_path), report, encoding)
+        usable = [row for row in rows if row.record is not None]
+        records = [row.record for row in usable if row.record is not None]
+        result = cluster(records, model=model, thresholds=thresholds)
+        person_of_row = {id(row): person for row, person in zip(usable, result.person_of, strict=True)}
+        labels: dict[tuple[str, int], str] = {}
+        sizes: dict[str, int] = {}
         writer = csv.writer(handle)
         writer.writerow(["rec_id", "person_id"])
         for row in rows:

@@ -14,9 +14,15 @@ import opencc
 from pypinyin import lazy_pinyin
 from pypinyin.pinyin_dict import pinyin_dict
 
-from hie.platform.standards import check_digit
-
-RESIDENT_ID_TYPE = "CN-RIC"
+from hie.empi.fields import (
+    ID_NOISE,
+    RESIDENT_ID_TYPE,
+    normalize_phone,
+    normalize_sex,
+    parse_date,
+    parse_resident_id,
+    sex_is_known_code,
+)
 
 # Surnames whose reading differs from the character's most common reading, plus compound surnames.
 SURNAME_READINGS: dict[str, str] = {
@@ -43,13 +49,7 @@ _COMMON_SURNAMES = (
 _LATIN_ONLY = re.compile(r"[^a-z]")
 _SEPARATORS = re.compile(r"[\s\u00b7\u2022\u30fb.]+")
 _LYU = re.compile(r"(?<![a-z])([ln])yu")
-_ID_NOISE = re.compile(r"[\s\-]")
 _HANZI = re.compile(r"[\u3400-\u9fff\U00020000-\U0002ffff]")
-_ID18 = re.compile(r"^\d{17}[\dX]$")
-_DATE_PATTERNS = (
-    re.compile(r"^(\d{4})(\d{2})(\d{2})$"),
-    re.compile(r"^(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?$"),
-)
 _ADDRESS_PARTS = (
     ("province", re.compile(r"^(北京市|上海市|天津市|重庆市|.{2,7}?(?:省|自治区|特别行政区))")),
     ("city", re.compile(r"^(.{2,8}?(?:市|自治州|地区|盟))")),
@@ -57,29 +57,14 @@ _ADDRESS_PARTS = (
     ("township", re.compile(r"^(.{1,8}?(?:街道|镇|乡))")),
     ("village", re.compile(r"^(.{1,10}?(?:社区|居委会|村委会|村|小区|花园|新村))")),
 )
-_HOUSE_NUMBER = re.compile(r"(\d+)\s*号|(\d+)\D*$")
+_CN_NUMERALS = "〇零一二两三四五六七八九十百"
+_HOUSE_NUMBER = re.compile(rf"(\d+)\s*号|([{_CN_NUMERALS}]+)号|(\d+)\D*$")
+_CN_DIGITS = {c: d for d, chars in enumerate(("〇零", "一", "二两", "三", "四", "五", "六", "七", "八", "九"))
+              for c in chars}
+_NAME_DOTS = re.compile(r"[\u00b7\u2022\u2027\u30fb\uff65.]")
 _ADMIN_SUFFIX = re.compile(
     r"(?:省|市|自治区|特别行政区|自治州|地区|区|县|旗|街道|镇|乡|居委会|村委会|社区|村)$"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedDate:
-    """A birth date plus whether its day and month could have been swapped by the clerk."""
-
-    value: dt.date
-    swappable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ResidentId:
-    """A resident identity card number with the facts it encodes, used as matching evidence."""
-
-    number: str
-    valid: bool
-    upgraded: bool = False
-    birth_date: dt.date | None = None
-    sex: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +171,17 @@ def latin_key(text: str) -> str:
     text = _LYU.sub(r"\1v", text.replace("u\u0308", "v").replace("u:", "v"))
     text = "".join(c for c in text if not unicodedata.combining(c))
     return _LATIN_ONLY.sub("", text)
+
+
+def split_dotted_name(name: str) -> tuple[None, str] | None:
+    """A minority name with a middle dot (艾力·买买提) has no surname: all of it is the given name."""
+    parts = [canonical_text(p) for p in _NAME_DOTS.split(unicodedata.normalize("NFKC", name))]
+    parts = [p for p in parts if p]
+    if len(parts) < 2 or not all(has_hanzi(p) for p in parts):
+        return None
+    if parts[0] in COMPOUND_SURNAMES or (len(parts[0]) == 1 and parts[0] in _COMMON_SURNAMES):
+        return None  # a Han name with a stray separator: 李·明
+    return None, "".join(parts)
 
 
 def split_hanzi_name(name: str) -> tuple[str, str]:
@@ -307,7 +303,7 @@ def normalize_name(
     if fam is None and giv is None and name:
         canon = canonical_text(name)
         if canon and has_hanzi(canon):
-            fam, giv = split_hanzi_name(canon)
+            fam, giv = split_dotted_name(name) or split_hanzi_name(canon)
             fam_hz = giv_hz = True
         elif name.strip():
             fam_py, giv_py = split_pinyin_name(name)
@@ -317,74 +313,6 @@ def normalize_name(
     if giv_hz and giv:
         giv_py = given_pinyin(giv)
     return fam, giv or None, fam_py or None, giv_py or None, fam_hz or giv_hz
-
-
-def parse_resident_id(raw: str | None, today: dt.date | None = None) -> ResidentId | None:
-    """Validate an 18-digit ID or upgrade a 15-digit one (insert 19, add check digit); read birth and sex."""
-    return _parse_resident_id(raw or "", today or dt.date.today())
-
-
-@lru_cache(maxsize=65536)
-def _parse_resident_id(raw: str, today: dt.date) -> ResidentId | None:
-    """parse_resident_id for a given day, cached because registrations repeat the same numbers."""
-    text = unicodedata.normalize("NFKC", raw).upper()
-    number = _ID_NOISE.sub("", text)
-    if not number:
-        return None
-    upgraded = False
-    if len(number) == 15 and number.isdigit():
-        body = number[:6] + "19" + number[6:]
-        number = body + check_digit(body)
-        upgraded = True
-    if not _ID18.match(number):
-        return ResidentId(number=number, valid=False)
-    birth = _safe_date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
-    plausible = birth is not None and dt.date(1880, 1, 1) <= birth <= today and number[0] in "12345678"
-    valid = plausible and check_digit(number[:17]) == number[17]
-    sex = "M" if int(number[16]) % 2 else "F"
-    return ResidentId(number, valid, upgraded, birth if plausible else None, sex if plausible else None)
-
-
-@lru_cache(maxsize=65536)
-def normalize_phone(raw: str | None) -> str | None:
-    """Digits of a Chinese mobile or landline without +86/0086 or separators; landlines keep the 0."""
-    text = unicodedata.normalize("NFKC", raw or "")
-    text = re.sub(r"(?:转|ext\.?|x)\s*\d+$", "", text.strip(), flags=re.IGNORECASE)
-    digits = re.sub(r"\D", "", text)
-    if digits.startswith("0086"):
-        digits = digits[4:]
-    elif digits.startswith("86") and (len(digits) == 13 or text.lstrip().startswith("+")):
-        digits = digits[2:]
-    if len(digits) == 11 and digits[0] == "1":
-        return digits
-    if digits and digits[0] != "0" and len(digits) in (9, 10, 11) and digits[:2] in {"10", "20", "21", "22"}:
-        digits = "0" + digits
-    return digits if len(digits) >= 7 else None
-
-
-def _safe_date(year: int, month: int, day: int) -> dt.date | None:
-    """A date or None when the parts do not form one."""
-    try:
-        return dt.date(year, month, day)
-    except ValueError:
-        return None
-
-
-@lru_cache(maxsize=65536)
-def parse_date(raw: str | None) -> ParsedDate | None:
-    """Parse YYYY-MM-DD, YYYYMMDD, YYYY/M/D or YYYY年M月D日; flag dates whose day and month may be swapped."""
-    text = unicodedata.normalize("NFKC", raw or "").strip()
-    if not text:
-        return None
-    for pattern in _DATE_PATTERNS:
-        match = pattern.match(text)
-        if match:
-            year, month, day = (int(g) for g in match.groups())
-            value = _safe_date(year, month, day) or _safe_date(year, day, month)
-            if value is None or not 1880 <= year <= 2100:
-                return None
-            return ParsedDate(value, value.day <= 12 and value.day != value.month)
-    return None
 
 
 @lru_cache(maxsize=65536)
@@ -403,7 +331,9 @@ def parse_address(raw: str | None) -> Address | None:
             parts[level] = match.group(1)
             rest = rest[match.end():]
     house = _HOUSE_NUMBER.search(rest)
-    house_number = (house.group(1) or house.group(2)) if house else None
+    house_number = None
+    if house:
+        house_number = house.group(1) or house.group(3) or str(chinese_number(house.group(2)))
     return Address(
         text=text,
         province=_admin_stem(parts.get("province")),
@@ -414,6 +344,20 @@ def parse_address(raw: str | None) -> Address | None:
         house_number=house_number,
         is_chinese=True,
     )
+
+
+def chinese_number(text: str) -> int:
+    """Value of a number written in Chinese numerals: 五 5, 十二 12, 二十三 23, 一百零五 105, 一二 12."""
+    if all(c in _CN_DIGITS for c in text):
+        return int("".join(str(_CN_DIGITS[c]) for c in text))
+    total = current = 0
+    for char in text:
+        if char in _CN_DIGITS:
+            current = _CN_DIGITS[char]
+        else:
+            total += (current or 1) * (100 if char == "百" else 10)
+            current = 0
+    return total + current
 
 
 def _latin_address(raw: str) -> Address:
@@ -430,16 +374,6 @@ def _admin_stem(part: str | None) -> str | None:
         return None
     stem = _ADMIN_SUFFIX.sub("", part)
     return stem or part
-
-
-def normalize_sex(raw: str | None) -> str | None:
-    """M, F or None from M/F/U, 男/女 or words."""
-    text = unicodedata.normalize("NFKC", raw or "").strip().upper()
-    if text in {"M", "MALE", "男", "1"}:
-        return "M"
-    if text in {"F", "FEMALE", "女", "2"}:
-        return "F"
-    return None
 
 
 def _clean(value: object) -> str | None:
@@ -460,10 +394,15 @@ def normalize_record(raw: Mapping[str, object]) -> NormalizedRecord:
     rec.family_pinyin, rec.given_pinyin, rec.name_is_hanzi = fam_py, giv_py, is_hz
     if giv and has_hanzi(giv):
         rec.given_syllables = _syllables(giv)
-    rec.sex = normalize_sex(get.get("sex"))
+    raw_sex = get.get("sex")
+    rec.sex = normalize_sex(raw_sex)
+    if raw_sex and not sex_is_known_code(raw_sex):
+        rec.issues.append(("sex", f"unknown sex {raw_sex!r} (expected M, F, U, 男 or 女); taken as unknown"))
     raw_birth = get.get("birth_date")
     parsed = parse_date(raw_birth)
-    if parsed:
+    if parsed and parsed.value > dt.date.today():
+        rec.issues.append(("birth_date", f"birth date {raw_birth!r} is in the future; ignored"))
+    elif parsed:
         rec.birth_date, rec.birth_swappable = parsed.value, parsed.swappable
     elif raw_birth:
         rec.issues.append(("birth_date", f"unparseable date {raw_birth!r}"))
@@ -494,4 +433,4 @@ def _apply_id(rec: NormalizedRecord, id_type: str | None, id_number: str | None)
             rec.sex = rid.sex
         return
     rec.id_type = (id_type or "OTHER").upper()
-    rec.id_number = _ID_NOISE.sub("", unicodedata.normalize("NFKC", id_number)).upper() or None
+    rec.id_number = ID_NOISE.sub("", unicodedata.normalize("NFKC", id_number)).upper() or None

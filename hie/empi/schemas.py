@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+import re
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from hie.empi.normalize import normalize_phone, parse_date, parse_resident_id
 
 GRADES = ("certain", "probable", "possible")
+_ID18 = re.compile(r"\d{17}[\dX]")
 
 
 class LocalRecordRefSchema(Schema):
@@ -38,6 +43,22 @@ class DemographicQuerySchema(Schema):
     phone = fields.String(validate=validate.Length(min=7, max=20))
     address = fields.String(validate=validate.Length(min=2, max=300))
     count = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
+
+    @validates("birth_date")
+    def _birth_date(self, value: str, **_: object) -> None:
+        if parse_date(value) is None:
+            raise ValidationError("not a date; use YYYY-MM-DD, YYYYMMDD, YYYY/M/D or YYYY年M月D日")
+
+    @validates("phone")
+    def _phone(self, value: str, **_: object) -> None:
+        if normalize_phone(value) is None:
+            raise ValidationError("not a phone number")
+
+    @validates("id_number")
+    def _id_number(self, value: str, **_: object) -> None:
+        parsed = parse_resident_id(value)
+        if parsed is None or not _ID18.fullmatch(parsed.number):
+            raise ValidationError("not a resident ID number (15 or 18 digits, the last may be X)")
 
 
 class PersonMatchSchema(Schema):

@@ -4,19 +4,37 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
-from hie.empi import features
-from hie.empi.matching import ModelWeights, Outcome, Thresholds, blocking_keys, classify, default_model, score
+from hie.empi import features, stewardship
+from hie.empi.index import (
+    ids_conflict,
+    local_cache_key,
+    normalized_of,
+    record_aad,
+    refused_persons,
+    resident_ids,
+    survivor,
+)
+from hie.empi.matching import (
+    VETO_DIFFERENT_IDS,
+    ModelWeights,
+    Outcome,
+    Thresholds,
+    blocking_keys,
+    classify,
+    default_model,
+    resident_id,
+    score,
+)
 from hie.empi.models import (
     BlockingKey,
     MasterPerson,
     MatchModel,
-    NotAMatch,
     PersonEvent,
     PersonRecord,
     PersonStatus,
@@ -56,16 +74,7 @@ class Candidate:
     weight: float
     levels: dict[str, str]
     veto: str | None
-
-
-def record_aad(record_id: str) -> str:
-    """Sealed demographics belong to exactly one EMPI record."""
-    return f"empi_records.demographics|{record_id}"
-
-
-def local_cache_key(institution_id: int, local_id: str) -> str:
-    """Cache key of the hot lookup local id -> master person."""
-    return f"empi:local:{institution_id}:{local_id}"
+    normalized: NormalizedRecord
 
 
 def current_model(session: Session) -> ModelWeights:
@@ -88,23 +97,6 @@ def thresholds_for(session: Session, region_code: str | None) -> Thresholds:
     """The region's thresholds, or the engine's defaults."""
     row = session.get(RegionThresholds, region_code) if region_code else None
     return Thresholds(link=row.link, review=row.review) if row is not None else Thresholds()
-
-
-def survivor(session: Session, person_id: str) -> str:
-    """Follow merges to the person that holds the records now."""
-    seen = set()
-    while person_id not in seen:
-        seen.add(person_id)
-        person = session.get(MasterPerson, person_id)
-        if person is None or person.merged_into is None:
-            return person_id
-        person_id = person.merged_into
-    return person_id
-
-
-def unseal_demographics(ring: KeyRing, record: PersonRecord) -> dict[str, Any]:
-    """Raw demographics and normalised features of a record."""
-    return json.loads(ring.decrypt(record.demographics_enc, record_aad(record.id)))
 
 
 def clean_demographics(demographics: dict[str, Any]) -> dict[str, str]:
@@ -148,20 +140,10 @@ def find_candidates(session: Session, ring: KeyRing, normalized: NormalizedRecor
     for record in session.scalars(_CANDIDATE_RECORDS, {"keys": hashes}):
         if record.id == exclude:
             continue
-        other = features.from_json(unseal_demographics(ring, record)["norm"])
+        other = normalized_of(ring, record)
         result = score(normalized, other, model)
-        scored.append(Candidate(record, record.person_id, result.weight, result.levels, result.veto))
+        scored.append(Candidate(record, record.person_id, result.weight, result.levels, result.veto, other))
     return sorted(scored, key=lambda c: c.weight, reverse=True)
-
-
-def _refused_pairs(session: Session, record_id: str, candidate_ids: list[str]) -> set[str]:
-    if not candidate_ids:
-        return set()
-    rows = session.execute(select(NotAMatch.record_a, NotAMatch.record_b).where(
-        ((NotAMatch.record_a == record_id) & NotAMatch.record_b.in_(candidate_ids))
-        | ((NotAMatch.record_b == record_id) & NotAMatch.record_a.in_(candidate_ids))
-    )).all()
-    return {b if a == record_id else a for a, b in rows}
 
 
 def _new_person(session: Session) -> MasterPerson:
@@ -181,20 +163,50 @@ def store_keys(session: Session, record_id: str, hashes: list[str]) -> None:
     _add_keys(session, record_id, hashes)
 
 
-def decide(session: Session, record_id: str, candidates: list[Candidate],
+def decide(session: Session, ring: KeyRing, person_id: str | None, own_ids: set[str], candidates: list[Candidate],
            thresholds: Thresholds) -> tuple[Outcome, Candidate | None]:
-    """The best candidate decides: auto-link, review, or a new person; refused pairs are skipped."""
-    return _best(candidates, thresholds, _refused_pairs(session, record_id, [c.record.id for c in candidates]))
-
-
-def _best(candidates: list[Candidate], thresholds: Thresholds,
-          refused: set[str]) -> tuple[Outcome, Candidate | None]:
-    """The decision itself, for callers that already know the refused pairs."""
+    """The best candidate of another person decides; refused persons are skipped, two valid IDs are only reviewed."""
+    refused = refused_persons(session, person_id) if person_id else set()
     for candidate in candidates:
-        if candidate.record.id in refused:
+        other = survivor(session, candidate.person_id)
+        if other == person_id or other in refused:
             continue
-        return classify(candidate.weight, thresholds, candidate.veto), candidate
+        outcome = classify(candidate.weight, thresholds, candidate.veto)
+        if outcome is Outcome.AUTO_LINK and own_ids:
+            known = {c.record.id: c.normalized for c in candidates}
+            if ids_conflict(own_ids, resident_ids(session, ring, [other], known)[other]):
+                return Outcome.REVIEW, replace(candidate, veto=VETO_DIFFERENT_IDS)
+        return outcome, candidate
     return Outcome.NEW_PERSON, None
+
+
+def queue_review(session: Session, record_id: str, best: Candidate) -> bool:
+    """Put a possible match before a steward unless the pair was already put there; True when queued."""
+    known = session.scalar(select(ReviewItem.id).where(
+        ((ReviewItem.record_id == record_id) & (ReviewItem.candidate_id == best.record.id))
+        | ((ReviewItem.record_id == best.record.id) & (ReviewItem.candidate_id == record_id))).limit(1))
+    if known is not None:
+        return False
+    session.add(ReviewItem(record_id=record_id, candidate_id=best.record.id, weight=best.weight,
+                           levels=best.levels, veto=best.veto, created_at=utcnow()))
+    return True
+
+
+def rematch(session: Session, ring: KeyRing, cache: Cache, record: PersonRecord, normalized: NormalizedRecord,
+            hashes: list[str], thresholds: Thresholds, *, whole_person: bool, user_id: int | None = None,
+            reason: str = "rebuild_link") -> Outcome:
+    """Match an indexed record against other persons: link (a steward can unmerge) or queue for review."""
+    own = survivor(session, record.person_id)
+    candidates = find_candidates(session, ring, normalized, hashes, current_model(session), exclude=record.id)
+    own_ids = resident_ids(session, ring, [own], {record.id: normalized})[own]
+    outcome, best = decide(session, ring, own, own_ids, candidates, thresholds)
+    if best is None or outcome is Outcome.NEW_PERSON:
+        return Outcome.NEW_PERSON
+    alone = session.scalar(select(func.count()).where(PersonRecord.person_id == own)) == 1
+    if outcome is Outcome.AUTO_LINK and (whole_person or alone):
+        stewardship.merge(session, ring, cache, own, survivor(session, best.person_id), user_id, reason)
+        return Outcome.AUTO_LINK
+    return Outcome.REVIEW if queue_review(session, record.id, best) else Outcome.NEW_PERSON
 
 
 def register(
@@ -218,14 +230,17 @@ def register(
     record.fingerprint = fingerprint
     record.demographics_enc = seal_demographics(ring, record.id, raw, normalized)
     record.updated_at = utcnow()
+    thresholds = thresholds_for(session, region_code)
     if existing is not None:
         store_keys(session, record.id, hashes)
         session.flush()
-        return Registration(record, survivor(session, record.person_id), "updated", record.match_weight, True)
-    model = current_model(session)
-    candidates = find_candidates(session, ring, normalized, hashes, model)
-    # The record id was made above, so no not-a-match pair can name it yet: no need to ask the database.
-    outcome, best = _best(candidates, thresholds_for(session, region_code), set())
+        outcome = rematch(session, ring, cache, record, normalized, hashes, thresholds, whole_person=False,
+                          user_id=user_id, reason="update_link")
+        return Registration(record, survivor(session, record.person_id), f"updated_{outcome.value}",
+                            record.match_weight, True)
+    candidates = find_candidates(session, ring, normalized, hashes, current_model(session))
+    own_id = resident_id(normalized)
+    outcome, best = decide(session, ring, None, {own_id} if own_id else set(), candidates, thresholds)
     if outcome is Outcome.AUTO_LINK and best is not None:
         person_id = survivor(session, best.person_id)
     else:
@@ -236,8 +251,7 @@ def register(
     session.flush()
     _add_keys(session, record.id, hashes)
     if outcome is Outcome.REVIEW and best is not None:
-        session.add(ReviewItem(record_id=record.id, candidate_id=best.record.id, weight=best.weight,
-                               levels=best.levels, veto=best.veto, created_at=utcnow()))
+        queue_review(session, record.id, best)
     session.add(PersonEvent(action="link" if outcome is Outcome.AUTO_LINK else "create", person_id=person_id,
                             record_ids=[record.id], detail={"outcome": outcome.value,
                                                             "weight": record.match_weight},
@@ -245,7 +259,8 @@ def register(
     session.flush()
     emit(session, PLATFORM, "empi.record_linked", {"record_id": record.id, "person_id": person_id,
                                                    "outcome": outcome.value})
-    cache.set(local_cache_key(institution_id, local_id), person_id)
+    # Not written before commit: a reader that cannot see the new record yet gets None, which is never cached.
+    cache.invalidate(local_cache_key(institution_id, local_id))
     return Registration(record, person_id, outcome.value, record.match_weight, True)
 
 

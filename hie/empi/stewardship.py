@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from hie.empi.index import ids_conflict, local_cache_key, resident_ids, survivor
 from hie.empi.models import MasterPerson, NotAMatch, PersonEvent, PersonRecord, PersonStatus, ReviewItem, ReviewStatus
-from hie.empi.services import local_cache_key, survivor
 from hie.platform.cache import Cache
+from hie.platform.crypto import KeyRing
 from hie.platform.db import utcnow
-from hie.platform.jobs.services import PLATFORM, emit
+from hie.platform.jobs.services import PLATFORM, emit, handles
+
+LINK_ACTIONS = ("merge", "review_link", "rebuild_link", "update_link")
 
 
 class StewardshipError(ValueError):
@@ -34,12 +38,24 @@ def _active(session: Session, person_id: str) -> MasterPerson:
     return person
 
 
-def merge(session: Session, cache: Cache, source_id: str, target_id: str, user_id: int | None,
+def _supersede_reviews(session: Session, person_id: str) -> None:
+    """Open reviews whose two records now belong to one person need no decision any more."""
+    ids = select(PersonRecord.id).where(PersonRecord.person_id == person_id)
+    session.execute(update(ReviewItem).where(ReviewItem.status == ReviewStatus.open, ReviewItem.record_id.in_(ids),
+                                             ReviewItem.candidate_id.in_(ids))
+                    .values(status=ReviewStatus.superseded).execution_options(synchronize_session=False))
+
+
+def merge(session: Session, ring: KeyRing, cache: Cache, source_id: str, target_id: str, user_id: int | None,
           reason: str = "merge") -> PersonEvent:
     """Move every record of source to target; source stays as a pointer to target."""
     if source_id == target_id:
         raise StewardshipError("a master person cannot be merged into itself")
     source, target = _active(session, source_id), _active(session, target_id)
+    ids = resident_ids(session, ring, [source.id, target.id])
+    if ids_conflict(ids[source.id], ids[target.id]):
+        raise StewardshipError(f"master persons {source.id} and {target.id} hold different valid resident ID "
+                               "numbers, so they are different people; nothing was merged")
     records = _records_of(session, source.id)
     session.execute(update(PersonRecord).where(PersonRecord.person_id == source.id).values(person_id=target.id))
     source.status, source.merged_into, source.updated_at = PersonStatus.merged, target.id, utcnow()
@@ -48,6 +64,7 @@ def merge(session: Session, cache: Cache, source_id: str, target_id: str, user_i
                         record_ids=[r.id for r in records], user_id=user_id, created_at=utcnow())
     session.add(event)
     session.flush()
+    _supersede_reviews(session, target.id)
     _forget(cache, records)
     session.expire_all()
     emit(session, PLATFORM, "empi.merged", {"source": source.id, "target": target.id,
@@ -62,7 +79,7 @@ def unmerge(session: Session, cache: Cache, person_id: str, user_id: int | None)
         raise LookupError(person_id)
     merge_event = session.scalar(
         select(PersonEvent).where(PersonEvent.other_person_id == person_id,
-                                  PersonEvent.action.in_(["merge", "review_link", "rebuild_link"]),
+                                  PersonEvent.action.in_(LINK_ACTIONS),
                                   PersonEvent.undone_by.is_(None))
         .order_by(PersonEvent.id.desc()).limit(1)
     )
@@ -89,7 +106,8 @@ def unmerge(session: Session, cache: Cache, person_id: str, user_id: int | None)
     return event
 
 
-def decide_review(session: Session, cache: Cache, review_id: int, decision: str, user_id: int | None) -> ReviewItem:
+def decide_review(session: Session, ring: KeyRing, cache: Cache, review_id: int, decision: str,
+                  user_id: int | None) -> ReviewItem:
     """Link the two records' persons, or remember that they are different people."""
     item = session.get(ReviewItem, review_id)
     if item is None:
@@ -101,7 +119,7 @@ def decide_review(session: Session, cache: Cache, review_id: int, decision: str,
     if decision == "link":
         source, target = survivor(session, record.person_id), survivor(session, candidate.person_id)
         if source != target:
-            merge(session, cache, source, target, user_id, reason="review_link")
+            merge(session, ring, cache, source, target, user_id, reason="review_link")
         item.status = ReviewStatus.linked
     else:
         first, second = sorted((record.id, candidate.id))
@@ -111,3 +129,13 @@ def decide_review(session: Session, cache: Cache, review_id: int, decision: str,
     item.decided_by, item.decided_at = user_id, utcnow()
     session.flush()
     return item
+
+
+@handles("empi.merged")
+@handles("empi.unmerged")
+def forget_moved(session: Session, payload: dict) -> None:
+    """After commit: a reader between the in-transaction invalidation and the commit may have cached the old person."""
+    rows = session.execute(select(PersonRecord.institution_id, PersonRecord.local_id)
+                           .where(PersonRecord.id.in_(payload["record_ids"]))).all()
+    current_app.extensions["hie.cache"].invalidate(*(local_cache_key(i, local) for i, local in rows))
+

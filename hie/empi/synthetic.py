@@ -158,22 +158,34 @@ class _Generator:
         if rng.random() < 0.08:
             self.twins(surname, address, phone, self._birth(0, 15))
 
+    def _sibling_given(self, first: str) -> str:
+        """A twin's given name: often sharing a character with the other's (子涵/子轩), never a homophone."""
+        while True:
+            if len(first) == 2 and self.rng.random() < 0.6:
+                keep = self.rng.randrange(2)
+                other = self.rng.choice(_GIVEN_CHARS)
+                second = first[0] + other if keep == 0 else other + first[1]
+            else:
+                second = self._given()
+            if lazy_pinyin(second) != lazy_pinyin(first):
+                return second
+
     def twins(self, surname: str, address: tuple[str, ...], phone: str, birth: dt.date) -> None:
         """Two children sharing everything but given name and ID: must never be linked."""
         first = self._given()
-        second = self._given()
-        while second == first:
-            second = self._given()
-        for given in (first, second):
+        for given in (first, self._sibling_given(first)):
             self._person(surname + given, self.rng.choice("MF"), birth, phone, address, kind="twin")
 
     def namesake(self) -> None:
-        """A second person with a common name in the same county as the first: must not be linked."""
+        """Two people with a common name in one county, often of the same sex and birth date: never linked."""
         name = self.rng.choice(_COMMON_NAMES)
         county = self.rng.choice(self.counties)
+        same_day = self.rng.random() < 0.5
+        sex, birth = self.rng.choice("MF"), self._birth(20, 70)
         for _ in range(2):
-            self._person(name, self.rng.choice("MF"), self._birth(20, 70), self._phone(), self._address(county),
-                         kind="namesake")
+            if not same_day:
+                sex, birth = self.rng.choice("MF"), self._birth(20, 70)
+            self._person(name, sex, birth, self._phone(), self._address(county), kind="namesake")
 
     def registrations(self, person: Person, copies: int, out: SyntheticSet) -> None:
         """Emit a clean registration and noisy copies from other sources."""

@@ -11,9 +11,10 @@ from rq import get_current_job
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hie.empi import features, services, stewardship
+from hie.empi import services
+from hie.empi.index import normalized_of
 from hie.empi.matching import Outcome, cluster
-from hie.empi.models import MatchModel, PersonRecord, ReviewItem
+from hie.empi.models import MatchModel, PersonRecord
 from hie.platform.db import registry, session_scope, utcnow
 from hie.tenants.models import Institution, Tenant
 
@@ -33,8 +34,7 @@ def _job_progress(done: int, total: int) -> None:
 def train(session: Session) -> int:
     """Estimate Fellegi-Sunter weights by EM over the whole index and store them as a new version."""
     ring = current_app.extensions["hie.keyring"]
-    records = [features.from_json(services.unseal_demographics(ring, r)["norm"])
-               for r in session.scalars(select(PersonRecord).order_by(PersonRecord.id))]
+    records = [normalized_of(ring, r) for r in session.scalars(select(PersonRecord).order_by(PersonRecord.id))]
     model = cluster(records).model
     version = (session.scalar(select(func.max(MatchModel.version))) or 0) + 1
     session.add(MatchModel(version=version, weights=model.to_dict(), trained_on=len(records), created_at=utcnow()))
@@ -50,28 +50,15 @@ def _region_of(session: Session, institution_id: int) -> str | None:
 
 def _rematch(session: Session, record: PersonRecord, counts: dict[str, int]) -> None:
     ring, cache = current_app.extensions["hie.keyring"], current_app.extensions["hie.cache"]
-    normalized = features.from_json(services.unseal_demographics(ring, record)["norm"])
+    normalized = normalized_of(ring, record)
     hashes = services.key_hashes(ring, normalized)
     services.store_keys(session, record.id, hashes)
-    candidates = services.find_candidates(session, ring, normalized, hashes, services.current_model(session),
-                                          exclude=record.id)
-    own = services.survivor(session, record.person_id)
-    candidates = [c for c in candidates if services.survivor(session, c.person_id) != own]
-    outcome, best = services.decide(session, record.id, candidates,
-                                    services.thresholds_for(session, _region_of(session, record.institution_id)))
-    if best is None:
-        return
+    thresholds = services.thresholds_for(session, _region_of(session, record.institution_id))
+    outcome = services.rematch(session, ring, cache, record, normalized, hashes, thresholds, whole_person=True)
     if outcome is Outcome.AUTO_LINK:
-        stewardship.merge(session, cache, own, services.survivor(session, best.person_id), None, "rebuild_link")
         counts["linked"] += 1
     elif outcome is Outcome.REVIEW:
-        known = session.scalar(select(ReviewItem.id).where(
-            ((ReviewItem.record_id == record.id) & (ReviewItem.candidate_id == best.record.id))
-            | ((ReviewItem.record_id == best.record.id) & (ReviewItem.candidate_id == record.id))))
-        if known is None:
-            session.add(ReviewItem(record_id=record.id, candidate_id=best.record.id, weight=best.weight,
-                                   levels=best.levels, veto=best.veto, created_at=utcnow()))
-            counts["queued"] += 1
+        counts["queued"] += 1
 
 
 def rebuild(retrain: bool = False, progress: Progress = _job_progress) -> dict[str, Any]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import MapAdapter
 
-from hie.exchange import bundles, everything, prior, store
+from hie.exchange import bundles, everything, prior, store, tasks  # noqa: F401  (tasks: outbox handlers)
 from hie.exchange.capability import capability_statement
 from hie.exchange.outcome import HTTP_ISSUE_CODES, FhirError, fhir_response, operation_outcome
 from hie.exchange.resources import READ_ONLY, WRITABLE, validate
@@ -17,6 +18,7 @@ from hie.platform.auth.identity import Identity
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
 
 @bp.errorhandler(FhirError)
@@ -148,10 +150,35 @@ def update(resource_type: str, resource_id: str) -> Response:
 @bp.get("/Patient/<patient_id>/$everything")
 def patient_everything(patient_id: str) -> Response:
     """Everything about the patient's master person that the caller may see, from every tenant."""
-    return fhir_response(everything.everything(_caller(), patient_id, request.host_url))
+    identity = _caller()
+    reason = valid_break_glass_reason(request.headers.get(BREAK_GLASS_HEADER))
+    return fhir_response(everything.everything(identity, patient_id, request.host_url, reason))
 
 
 @bp.get("/Patient/<patient_id>/$prior-results")
 def prior_results(patient_id: str) -> Response:
     """Mutual recognition: results for the same test already done anywhere within the window."""
     return fhir_response(prior.prior_results(_caller(), patient_id, request.args))
+
+
+def _routes_to(adapter: MapAdapter, method: str) -> str | None:
+    """The endpoint a method would reach at this path, or None."""
+    try:
+        endpoint, _ = adapter.match(request.path, method)
+    except HTTPException:
+        return None
+    return str(endpoint)
+
+
+@bp.route("", methods=[m for m in METHODS if m != "POST"], defaults={"rest": ""}, endpoint="unmatched_root")
+@bp.route("/<path:rest>", methods=list(METHODS))
+def unmatched(rest: str) -> Response:
+    """Anything else under /fhir, as OperationOutcome: 405 when the path takes other methods, else 404."""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = [m for m in METHODS if _routes_to(adapter, m) not in (None, "fhir.unmatched", "fhir.unmatched_root")]
+    if allowed:
+        response = operation_outcome(405, "not-supported", f"{request.method} is not supported on {request.path}; "
+                                     f"allowed: {', '.join(allowed)}.")
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+    raise FhirError(404, "not-found", f"No FHIR interaction at {request.path}.")

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from hie.exchange.outcome import FhirError
 from hie.platform.access import Permission, permissions_of, region_subtree
+from hie.platform.audit import services as audit
 from hie.platform.audit.models import AuditEvent
 from hie.platform.auth.identity import current_identity
 from hie.platform.db import platform_session
@@ -52,6 +53,7 @@ def read_audit_event(event_id: str) -> dict[str, Any]:
     """An auditor reads one event of their region; anything else is 404."""
     identity = current_identity()
     if Permission.audit_read not in permissions_of(identity):
+        audit.record("read", "denied", resource_type="AuditEvent", resource_id=event_id[:80], purpose="audit")
         raise FhirError(403, "forbidden", "Reading audit events needs the audit:read permission.")
     session = platform_session()
     event = session.get(AuditEvent, int(event_id)) if event_id.isdigit() else None
@@ -61,5 +63,8 @@ def read_audit_event(event_id: str) -> dict[str, Any]:
         if tenant_region not in regions:
             event = None
     if event is None:
+        audit.record("read", "not_found", resource_type="AuditEvent", resource_id=event_id[:80], purpose="audit")
         raise FhirError(404, "not-found", f"AuditEvent/{event_id} is not known or not visible to you.")
+    audit.record("read", resource_type="AuditEvent", resource_id=event_id, purpose="audit",
+                 patient=event.patient)
     return to_fhir(event)

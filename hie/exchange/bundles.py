@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
 
 from hie.exchange import store
 from hie.exchange.outcome import HTTP_ISSUE_CODES, FhirError
-from hie.exchange.resources import WRITABLE, references, validate
+from hie.exchange.resources import references, validate
 from hie.platform.auth.identity import Identity
 from hie.platform.db import platform_session, shard_session
 
@@ -24,21 +25,60 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def _request_of(entry: Any, index: int) -> tuple[str, str]:
+CONDITIONAL = ("ifNoneExist", "ifNoneMatch", "ifModifiedSince")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One validated entry: its request, its resource with the id assigned, and where it sits in the Bundle."""
+
+    method: str
+    url: str
+    resource: dict[str, Any]
+    index: int
+    if_match: int | None
+
+    @property
+    def path(self) -> str:
+        """FHIRPath of the entry's resource."""
+        return f"Bundle.entry[{self.index}].resource"
+
+
+def _if_match(raw: Any, where: str) -> int | None:
+    if raw is None:
+        return None
+    value = raw.strip().removeprefix("W/").strip('"') if isinstance(raw, str) else ""
+    if not value.isdigit():
+        raise FhirError(400, "invalid", 'request.ifMatch must be W/"<versionId>".', [f"{where}.ifMatch"])
+    return int(value)
+
+
+def _request_of(entry: Any, index: int) -> tuple[str, str, int | None]:
     where = f"Bundle.entry[{index}].request"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         raise FhirError(400, "required", "Each entry needs a request with method and url.", [where])
-    method, url = entry["request"].get("method"), entry["request"].get("url")
+    request = entry["request"]
+    method, url = request.get("method"), request.get("url")
     if method not in ("POST", "PUT") or not isinstance(url, str):
         raise FhirError(400, "not-supported", "Entries may only POST (create) or PUT (update).", [f"{where}.method"])
-    return method, url
+    for name in CONDITIONAL:
+        if name in request:
+            raise FhirError(400, "not-supported", f"Conditional requests ({name}) are not supported here.",
+                            [f"{where}.{name}"])
+    if "?" in url:
+        raise FhirError(400, "not-supported", "Conditional URLs (with a query) are not supported here.",
+                        [f"{where}.url"])
+    if_match = _if_match(request.get("ifMatch"), where)
+    if method == "POST" and if_match is not None:
+        raise FhirError(400, "invalid", "ifMatch applies to PUT only.", [f"{where}.ifMatch"])
+    return method, url, if_match
 
 
-def _plan(identity: Identity, entries: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], str]]:
+def _plan(identity: Identity, entries: list[tuple[int, Any]]) -> list[Planned]:
     """Validate every entry and assign ids before storing anything, so references can be rewritten."""
     planned, aliases = [], {}
-    for index, entry in enumerate(entries):
-        method, url = _request_of(entry, index)
+    for index, entry in entries:
+        method, url, if_match = _request_of(entry, index)
         path = f"Bundle.entry[{index}].resource"
         resource = validate(entry.get("resource"), None, path)
         resource_type = resource["resourceType"]
@@ -49,31 +89,31 @@ def _plan(identity: Identity, entries: list[dict[str, Any]]) -> list[tuple[str, 
             resource["id"] = store.new_resource_id(resource_type, identity.tenant_code)
         else:
             url_type, _, url_id = url.strip("/").partition("/")
-            if url_type not in WRITABLE or not url_id:
-                raise FhirError(400, "invalid", "PUT url must be Type/id.", url_path)
+            if url_type != resource_type or not url_id or "/" in url_id:
+                raise FhirError(400, "invalid", f"PUT url must be {resource_type}/<id>.", url_path)
+            if resource.get("id") not in (None, url_id):
+                raise FhirError(400, "invalid", "The resource id must match the url.", [f"{path}.id"])
             resource["id"] = url_id
         full_url = entry.get("fullUrl")
         if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
             aliases[full_url] = f"{resource_type}/{resource['id']}"
-        planned.append((method, url, resource, path))
-    for _, _, resource, path in planned:
-        for reference in references(resource):
+        planned.append(Planned(method, url, resource, index, if_match))
+    for item in planned:
+        for where, reference in references(item.resource, item.path):
             target = reference["reference"]
             if target.startswith("urn:uuid:"):
                 if target not in aliases:
-                    raise FhirError(400, "invalid", f"{target} is not the fullUrl of any entry.", [path])
+                    raise FhirError(400, "invalid", f"{target} is not the fullUrl of any entry.", [where])
                 reference["reference"] = aliases[target]
     return planned
 
 
-def _apply(identity: Identity, method: str, url: str, resource: dict[str, Any], path: str) -> tuple[str, dict]:
-    if method == "POST":
-        stored = store.create(identity, resource, path)
-        return "201 Created", stored
-    resource_type, _, resource_id = url.strip("/").partition("/")
-    if_match = None
-    stored = store.update(identity, resource_type, resource_id, resource, if_match, path)
-    return "200 OK", stored
+def _apply(identity: Identity, item: Planned, bundled: dict[str, dict[str, Any]]) -> tuple[str, dict]:
+    if item.method == "POST":
+        return "201 Created", store.create(identity, item.resource, item.path, bundled)
+    resource_type, _, resource_id = item.url.strip("/").partition("/")
+    return "200 OK", store.update(identity, resource_type, resource_id, item.resource, item.if_match, item.path,
+                                  bundled)
 
 
 def _response_entry(status: str, stored: dict[str, Any]) -> dict[str, Any]:
@@ -82,19 +122,32 @@ def _response_entry(status: str, stored: dict[str, Any]) -> dict[str, Any]:
                                              "etag": f'W/"{stored["meta"]["versionId"]}"'}}
 
 
+def _bundled(planned: list[Planned]) -> dict[str, dict[str, Any]]:
+    """The Bundle's own resources by reference, so entries may point at each other before they are stored."""
+    return {f"{item.resource['resourceType']}/{item.resource['id']}": item.resource for item in planned}
+
+
 def transaction(identity: Identity, bundle: dict[str, Any]) -> dict[str, Any]:
     """All entries or none: any failure raises, and the request's unit of work rolls everything back."""
-    planned = _plan(identity, _entries(bundle))
-    patients_first = sorted(planned, key=lambda item: item[2]["resourceType"] != "Patient")
-    results = {id(item[2]): _apply(identity, *item) for item in patients_first}
+    planned = _plan(identity, list(enumerate(_entries(bundle))))
+    bundled = _bundled(planned)
+    patients_first = sorted(planned, key=lambda item: item.resource["resourceType"] != "Patient")
+    results = {item.index: _apply(identity, item, bundled) for item in patients_first}
     return {"resourceType": "Bundle", "type": "transaction-response",
-            "entry": [_response_entry(*results[id(item[2])]) for item in planned]}
+            "entry": [_response_entry(*results[item.index]) for item in planned]}
 
 
 def _as_fhir_error(exc: HTTPException) -> FhirError:
     data = getattr(exc, "data", None) or {}
     code = exc.code or 500
     return FhirError(code, HTTP_ISSUE_CODES.get(code, "processing"), data.get("message") or exc.description or "")
+
+
+def _outcome(error: FhirError) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": "error", "code": error.code, "diagnostics": error.diagnostics}
+    if error.expression:
+        issue["expression"] = error.expression
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 def batch(identity: Identity, bundle: dict[str, Any]) -> dict[str, Any]:
@@ -104,16 +157,13 @@ def batch(identity: Identity, bundle: dict[str, Any]) -> dict[str, Any]:
         shard, platform = shard_session(identity.tenant_code), platform_session()
         shard_savepoint, platform_savepoint = shard.begin_nested(), platform.begin_nested()
         try:
-            method, url, resource, path = _plan(identity, [entry])[0]
-            out.append(_response_entry(*_apply(identity, method, url, resource, path.replace(
-                "entry[0]", f"entry[{index}]"))))
+            planned = _plan(identity, [(index, entry)])
+            out.append(_response_entry(*_apply(identity, planned[0], _bundled(planned))))
             shard_savepoint.commit()
             platform_savepoint.commit()
         except (FhirError, HTTPException) as exc:
             shard_savepoint.rollback()
             platform_savepoint.rollback()
             error = exc if isinstance(exc, FhirError) else _as_fhir_error(exc)
-            issue = {"severity": "error", "code": error.code, "diagnostics": error.diagnostics}
-            out.append({"response": {"status": str(error.status), "outcome": {
-                "resourceType": "OperationOutcome", "issue": [issue]}}})
+            out.append({"response": {"status": str(error.status), "outcome": _outcome(error)}})
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out}

@@ -1,46 +1,47 @@
-"""The CapabilityStatement: exactly what this server supports, no more."""
+"""The CapabilityStatement: exactly what this server supports, built from the code that supports it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hie.exchange.resources import FHIR_VERSION, WRITABLE
+from hie.exchange.search_params import INCLUDES, search_param_types
 
-SEARCH_PARAMS = [
-    ("patient", "reference"), ("subject", "reference"), ("identifier", "token"), ("code", "token"),
-    ("category", "token"), ("status", "token"), ("date", "date"), ("_lastUpdated", "date"),
+INTERACTIONS = ("read", "vread", "update", "create", "search-type")
+OPERATIONS = [
+    {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+     "documentation": "GET /fhir/Patient/{id}/$everything: the master person's records from every tenant the caller "
+                      "may see; X-Break-Glass-Reason breaks the glass (audited)."},
+    {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+     "documentation": "POST /fhir/Patient/$match with a Parameters resource: EMPI candidates with match grades."},
+    {"name": "prior-results", "definition": "urn:hie:OperationDefinition:Patient-prior-results",
+     "documentation": "GET /fhir/Patient/{id}/$prior-results?code=system|code[&days=n]: results for the same test "
+                      "from any institution within the window (mutual recognition of results)."},
 ]
-INCLUDES = {
-    "Observation": ["Observation:subject", "Observation:encounter"],
-    "DiagnosticReport": ["DiagnosticReport:subject", "DiagnosticReport:result"],
-    "Encounter": ["Encounter:subject"], "Condition": ["Condition:subject"],
-    "MedicationRequest": ["MedicationRequest:subject"], "Procedure": ["Procedure:subject"],
-    "Immunization": ["Immunization:patient"], "AllergyIntolerance": ["AllergyIntolerance:patient"],
-    "DocumentReference": ["DocumentReference:subject"], "ImagingStudy": ["ImagingStudy:subject"],
-}
+
+
+def _resource(resource_type: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "type": resource_type,
+        "interaction": [{"code": code} for code in INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchInclude": [f"{source}:{param}" for source, param in INCLUDES if source == resource_type],
+        "searchParam": [{"name": name, "type": kind} for name, kind in search_param_types(resource_type).items()],
+    }
+    if resource_type == "Patient":
+        entry["operation"] = OPERATIONS
+    return entry
 
 
 def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
     """Declared FHIR version is the one fhir.resources validates against (R4B, 4.3.0)."""
-    resources: list[dict[str, Any]] = []
-    for resource_type in WRITABLE:
-        entry: dict[str, Any] = {
-            "type": resource_type,
-            "versioning": "versioned-update",
-            "readHistory": False,
-            "updateCreate": False,
-            "conditionalCreate": False,
-            "conditionalUpdate": False,
-            "interaction": [{"code": code} for code in ("read", "vread", "update", "create", "search-type")],
-            "searchParam": [{"name": n, "type": t} for n, t in SEARCH_PARAMS],
-            "searchInclude": INCLUDES.get(resource_type, []),
-        }
-        if resource_type == "Patient":
-            entry["operation"] = [
-                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
-                {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
-            ]
-        resources.append(entry)
+    resources = [_resource(resource_type) for resource_type in WRITABLE]
     resources.append({"type": "AuditEvent", "interaction": [{"code": "read"}]})
     return {
         "resourceType": "CapabilityStatement",

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from hie.exchange import store
 from hie.exchange.models import FhirResource
+from hie.platform import access
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
 from hie.platform.crypto import keyring
@@ -39,31 +40,41 @@ def _summary(shards: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def everything(identity: Identity, patient_id: str, base_url: str) -> dict[str, Any]:
-    """A searchset Bundle of what the caller may see; the summary behind it is cached, sealed, per person."""
-    scope = store.locate_patient(identity, patient_id)
-    cache = current_app.extensions["hie.cache"]
-    key = store.everything_cache_key(scope.person_id) if scope.person_id else None
-    ring = keyring()
-    sealed = cache.get(key) if key else None
+def _cached_rows(scope: store.PatientScope) -> list[dict[str, Any]]:
+    """The person's summary from the cache when its stamp is current, else loaded from the shards and cached."""
+    if scope.person_id is None:
+        return _summary(scope.shards)
+    cache, key, ring = current_app.extensions["hie.cache"], store.everything_cache_key(scope.person_id), keyring()
+    sealed = cache.get(key)
     # pydantic-core's JSON is 2-3x faster than the json module on these 300 kB summaries (no GC passes).
-    rows = from_json(ring.decrypt(sealed, key)) if sealed else None
-    if rows is None:
-        rows = _summary(scope.shards)
-        if key:
-            cache.set(key, ring.encrypt(to_json(rows).decode(), key))
+    cached = from_json(ring.decrypt(sealed, key)) if sealed else None
+    if isinstance(cached, dict) and cached.get("stamp") == scope.stamp:
+        return cached["rows"]
+    rows = _summary(scope.shards)
+    cache.set(key, ring.encrypt(to_json({"stamp": scope.stamp, "rows": rows}).decode(), key))
+    return rows
+
+
+def everything(identity: Identity, patient_id: str, base_url: str, reason: str | None = None) -> dict[str, Any]:
+    """A searchset Bundle of what the caller may see (break-glass with a reason); the summary is cached per person."""
+    scope = store.locate_patient(identity, patient_id, reason)
+    rows = _cached_rows(scope)
     entries, decisions = [], {}
     for row in rows:
         decision_key = (row["tenant"], row["institution_id"], row["patient_id"])
         if decision_key not in decisions:
             probe = FhirResource(institution_id=row["institution_id"], patient_id=row["patient_id"])
-            decisions[decision_key] = store.basis_for(identity, row["tenant"], probe, person_id=scope.person_id)
+            decisions[decision_key] = store.basis_for(identity, row["tenant"], probe, reason=reason,
+                                                      person_id=scope.person_id)
         if decisions[decision_key] is None:
             continue
         resource = row["resource"]
         entries.append({"fullUrl": f"{base_url}fhir/{resource['resourceType']}/{resource['id']}",
                         "resource": resource, "search": {"mode": "match"}})
-    audit.record("read", resource_type="Patient", resource_id=patient_id, purpose="treatment",
+    glass = access.Basis.break_glass in decisions.values() or scope.basis is access.Basis.break_glass
+    audit.record("read", resource_type="Patient", resource_id=patient_id,
+                 purpose=access.Basis.break_glass.value if glass else "treatment", break_glass=glass,
                  patient=audit.patient_ref(scope.tenant_code, patient_id),
-                 detail=f"$everything: {len(entries)} of {len(rows)} resources, {len(scope.shards)} shard(s)")
+                 detail=(f"break-glass: {reason}; " if glass else "")
+                 + f"$everything: {len(entries)} of {len(rows)} resources, {len(scope.shards)} shard(s)")
     return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from flask import current_app
+from sqlalchemy import or_, select
 from werkzeug.datastructures import MultiDict
 
 from hie.exchange import store
@@ -13,12 +14,12 @@ from hie.exchange.models import FhirResource, FhirToken
 from hie.exchange.outcome import FhirError
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
+from hie.platform.config import PRIOR_RESULTS_MAX_DAYS
 from hie.platform.db import platform_session, shard_session, utcnow
 from hie.tenants.models import Institution
 
 RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
-DEFAULT_DAYS = 30
-MAX_DAYS = 365
+VOID_STATUSES = ("entered-in-error", "cancelled")  # never done, or recorded by mistake: nothing to recognise
 
 
 def _arguments(args: MultiDict) -> tuple[str | None, str, int]:
@@ -29,11 +30,11 @@ def _arguments(args: MultiDict) -> tuple[str | None, str, int]:
     if not bar:
         system, code = "", raw
     try:
-        days = int(args.get("days", DEFAULT_DAYS))
+        days = int(args.get("days", current_app.config["HIE"].prior_results_days))
     except ValueError:
         raise FhirError(400, "invalid", "days must be a whole number.", ["days"]) from None
-    if not 1 <= days <= MAX_DAYS:
-        raise FhirError(400, "invalid", f"days must be between 1 and {MAX_DAYS}.", ["days"])
+    if not 1 <= days <= PRIOR_RESULTS_MAX_DAYS:
+        raise FhirError(400, "invalid", f"days must be between 1 and {PRIOR_RESULTS_MAX_DAYS}.", ["days"])
     return system or None, code, days
 
 
@@ -47,7 +48,8 @@ def prior_results(identity: Identity, patient_id: str, args: MultiDict) -> dict[
         query = (select(FhirResource).join(FhirToken, (FhirToken.resource_type == FhirResource.resource_type)
                                            & (FhirToken.resource_id == FhirResource.id))
                  .where(FhirResource.resource_type.in_(RESULT_TYPES), FhirResource.patient_id.in_(patient_ids),
-                        FhirToken.param.in_(("code", "modality")), FhirToken.code == code, FhirResource.date >= since)
+                        FhirToken.param.in_(("code", "modality")), FhirToken.code == code, FhirResource.date >= since,
+                        or_(FhirResource.status.is_(None), FhirResource.status.not_in(VOID_STATUSES)))
                  .order_by(FhirResource.date.desc()))
         if system:
             query = query.where(FhirToken.system == system)

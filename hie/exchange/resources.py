@@ -67,10 +67,20 @@ def validate(body: Any, expected_type: str | None = None, path: str = "") -> dic
         model = get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        location = ".".join(str(p) for p in first["loc"] if p != "__root__")
-        element = f"{where}.{location}" if location else where
+        element = fhirpath(where, first["loc"])
         raise FhirError(400, "invalid", f"{element}: {first['msg']}", [element]) from None
     return model.model_dump(mode="json", exclude_none=True)
+
+
+def fhirpath(root: str, location: tuple[int | str, ...]) -> str:
+    """A pydantic error location as FHIRPath: list positions in brackets (component[1].valueQuantity.value)."""
+    path = root
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "__root__":
+            path += f".{part}"
+    return path
 
 
 def _get(resource: dict[str, Any], dotted: str) -> Any:
@@ -137,16 +147,16 @@ def index_entry(resource: dict[str, Any]) -> IndexEntry:
     return IndexEntry(patient_ref, parse_date(when) if when else None, status, tokens)
 
 
-def references(resource: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
-    """Every Reference object inside a resource (for urn:uuid rewriting and reference checks)."""
+def references(resource: Any, path: str, depth: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every Reference object inside a resource with its FHIRPath (for urn:uuid rewriting and reference checks)."""
     if depth > MAX_REFERENCE_DEPTH:
         return
     if isinstance(resource, dict):
         if isinstance(resource.get("reference"), str):
-            yield resource
+            yield path, resource
         for key, value in resource.items():
             if key != "contained":
-                yield from references(value, depth + 1)
+                yield from references(value, f"{path}.{key}", depth + 1)
     elif isinstance(resource, list):
-        for item in resource:
-            yield from references(item, depth + 1)
+        for index, item in enumerate(resource):
+            yield from references(item, f"{path}[{index}]", depth + 1)

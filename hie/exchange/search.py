@@ -25,7 +25,7 @@ Found = tuple[str, FhirResource]  # a row and the shard it came from
 _NULL_DATE = datetime.min.replace(tzinfo=UTC)
 
 
-def token_condition(resource_type: str, token: TokenFilter) -> ColumnElement[bool]:
+def token_condition(resource_type: str, token: TokenFilter, id_column: Any = FhirResource.id) -> ColumnElement[bool]:
     """Resources with a coding matching any alternative: a semi-join on the (type, param, code, system) index."""
     alternatives = []
     sealed = resource_type == "Patient" and token.param == "identifier"
@@ -36,20 +36,22 @@ def token_condition(resource_type: str, token: TokenFilter) -> ColumnElement[boo
             parts.append(FhirToken.system.is_(None) if alternative.system is None
                          else FhirToken.system == alternative.system)
         alternatives.append(and_(*parts))
-    return FhirResource.id.in_(select(FhirToken.resource_id).where(
+    return id_column.in_(select(FhirToken.resource_id).where(
         FhirToken.resource_type == resource_type, FhirToken.param == token.param, or_(*alternatives)))
 
 
-def date_condition(date: DateFilter) -> ColumnElement[bool]:
-    """The prefix applied to the range [low, high) the value names (FHIR's precision-aware semantics)."""
-    column = FhirResource.date if date.column == "date" else FhirResource.last_updated
+def date_condition(date: DateFilter, column: Any = None, low: Any = None, high: Any = None) -> ColumnElement[bool]:
+    """The prefix applied to the range [low, high) the value names; column and bounds default to the filter's."""
+    if column is None:
+        column = FhirResource.date if date.column == "date" else FhirResource.last_updated
+    low, high = date.low if low is None else low, date.high if high is None else high
     return {
-        "eq": and_(column >= date.low, column < date.high),
-        "ne": or_(column < date.low, column >= date.high),
-        "gt": column >= date.high,
-        "lt": column < date.low,
-        "ge": column >= date.low,
-        "le": column < date.high,
+        "eq": and_(column >= low, column < high),
+        "ne": or_(column < low, column >= high),
+        "gt": column >= high,
+        "lt": column < low,
+        "ge": column >= low,
+        "le": column < high,
     }[date.prefix]
 
 
@@ -175,11 +177,26 @@ def _links(base: str, resource_type: str, params: SearchParams, total: int) -> l
         return f"{base}/{resource_type}?{query}"
 
     links = [{"relation": "self", "url": url(params.offset)}]
+    if params.count == 0:
+        return links
     if params.offset > 0:
         links.append({"relation": "previous", "url": url(max(params.offset - params.count, 0))})
     if params.offset + params.count < total:
         links.append({"relation": "next", "url": url(params.offset + params.count)})
     return links
+
+
+def _matches(identity: Identity, resource_type: str, params: SearchParams,
+             scopes: list[Scope]) -> tuple[list[Found], int]:
+    """One page of visible matches over the scopes (one COUNT per shard, a page query where it found any), total."""
+    shards, total = [], 0
+    for tenant, patient_ids in scopes:
+        where = conditions(resource_type, params, patient_ids, store.visible_condition(identity, tenant))
+        count = shard_session(tenant).scalar(select(func.count()).select_from(FhirResource).where(*where)) or 0
+        if count:
+            shards.append((tenant, where))
+            total += count
+    return (page(resource_type, params, shards) if shards and params.count else []), total  # _count=0: total only
 
 
 def search(identity: Identity, resource_type: str, query: MultiDict[str, str], base_url: str) -> dict[str, Any]:
@@ -188,14 +205,12 @@ def search(identity: Identity, resource_type: str, query: MultiDict[str, str], b
         raise FhirError(405, "not-supported", f"{resource_type} cannot be searched here.", [resource_type])
     params = parse(resource_type, query)
     scopes = _scopes(identity, params)
-    shards, total = [], 0
-    for tenant, patient_ids in scopes:
-        where = conditions(resource_type, params, patient_ids, store.visible_condition(identity, tenant))
-        count = shard_session(tenant).scalar(select(func.count()).select_from(FhirResource).where(*where)) or 0
-        if count:
-            shards.append((tenant, where))
-            total += count
-    rows = page(resource_type, params, shards) if shards else []
+    if resource_type == "Patient":
+        from hie.exchange.patient_search import register_matches
+
+        rows, total = register_matches(identity, params)
+    else:
+        rows, total = _matches(identity, resource_type, params, scopes)
     matches = [(tenant, store.to_resource(row, tenant)) for tenant, row in rows]
     extra = included(identity, params, matches) if params.includes else []
     base = f"{base_url.rstrip('/')}/fhir"

@@ -14,6 +14,7 @@ from hie.exchange.resources import WRITABLE, parse_date
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
 OFFSET_PARAM = "_offset"
+CONTROL_PARAMS = ("_count", "_sort", "_include", OFFSET_PARAM)
 SORTS = {"date": ("date", False), "-date": ("date", True),
          "_lastUpdated": ("last_updated", False), "-_lastUpdated": ("last_updated", True)}
 DEFAULT_SORT = "-_lastUpdated"
@@ -123,6 +124,21 @@ def date_param(resource_type: str) -> str:
     return "birthdate" if resource_type == "Patient" else "date"
 
 
+def patient_params(resource_type: str) -> tuple[str, ...]:
+    """The reference parameters naming the patient (subject too where the resource's element is subject)."""
+    if resource_type in HAS_SUBJECT:
+        return ("patient", "subject")
+    return ("patient",) if resource_type in CLINICAL else ()
+
+
+def search_param_types(resource_type: str) -> dict[str, str]:
+    """Every search parameter a type takes, name -> FHIR type: the parser and the CapabilityStatement share it."""
+    types = dict.fromkeys(patient_params(resource_type), "reference")
+    types.update(dict.fromkeys(token_params(resource_type), "token"))
+    types.update({date_param(resource_type): "date", "_lastUpdated": "date"})
+    return types
+
+
 def _invalid(name: str, message: str, code: str = "invalid") -> FhirError:
     return FhirError(400, code, message, [name])
 
@@ -207,8 +223,7 @@ def _single(params: MultiDict[str, str], name: str) -> str | None:
 
 def _patient(resource_type: str, params: MultiDict[str, str]) -> str | None:
     """The Patient id of patient= or subject= (Patient/<id> or a bare id); one patient per search."""
-    names = ["patient"] + (["subject"] if resource_type in HAS_SUBJECT else [])
-    given = [(name, value) for name in names for value in params.getlist(name)]
+    given = [(name, value) for name in patient_params(resource_type) for value in params.getlist(name)]
     if not given:
         return None
     if len(given) > 1:
@@ -227,11 +242,9 @@ def parse(resource_type: str, params: MultiDict[str, str]) -> SearchParams:
     """Every parameter validated; an unknown one or a malformed value is a 400 naming it."""
     tokens = token_params(resource_type)
     dates = {date_param(resource_type): "date", "_lastUpdated": "last_updated"}
-    control = {"_count", "_sort", "_include", OFFSET_PARAM}
-    patient_names = {"patient", "subject"} if resource_type in HAS_SUBJECT else (
-        {"patient"} if resource_type in CLINICAL else set())
+    accepted = search_param_types(resource_type)
     for name in params:
-        if name not in tokens and name not in dates and name not in control and name not in patient_names:
+        if name not in accepted and name not in CONTROL_PARAMS:
             code = "not-supported" if ":" in name else "invalid"
             raise _invalid(name, f"Unknown search parameter {name!r} for {resource_type}.", code)
     echo = tuple((name, value) for name, value in params.items(multi=True) if name != OFFSET_PARAM)
@@ -246,7 +259,7 @@ def parse(resource_type: str, params: MultiDict[str, str]) -> SearchParams:
                      for value in params.getlist(name)),
         dates=tuple(date_filter(name, column, value) for name, column in dates.items()
                     for value in params.getlist(name)),
-        count=DEFAULT_COUNT if count is None else _integer("_count", count, 1, MAX_COUNT),
+        count=DEFAULT_COUNT if count is None else _integer("_count", count, 0, MAX_COUNT),
         offset=0 if offset is None else _integer(OFFSET_PARAM, offset, 0, None),
         sort_column=SORTS[sort][0], descending=SORTS[sort][1],
         includes=tuple(dict.fromkeys(_include(resource_type, value) for value in params.getlist("_include"))),

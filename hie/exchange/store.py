@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from flask import current_app
 from pydantic_core import from_json
-from sqlalchemy import ColumnElement, and_, delete, false, or_, select
+from sqlalchemy import ColumnElement, delete, false, or_, select
 from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
 from hie.empi.models import MasterPerson, PersonRecord
 from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
 from hie.exchange.outcome import FhirError
+from hie.exchange.reference_check import check_references
 from hie.exchange.resources import MRN_SYSTEM_PREFIX, RESIDENT_ID_SYSTEM, WRITABLE, index_entry, validate
 from hie.patients import services as patients
 from hie.patients.models import SEALED_FIELDS, Patient
@@ -27,6 +27,7 @@ from hie.platform.auth.identity import Identity
 from hie.platform.crypto import keyring
 from hie.platform.db import platform_session, shard_session, utcnow
 from hie.platform.jobs.services import emit
+from hie.platform.keys import SealedColumn, register_sealed_column
 from hie.tenants.models import Institution, Tenant
 
 
@@ -55,6 +56,12 @@ def tenant_of(session: Session, resource_type: str, resource_id: str) -> str | N
 
 def _aad(tenant_code: str, resource_type: str, resource_id: str, version: int) -> str:
     return f"fhir.{resource_type}|{tenant_code}|{resource_id}|{version}"
+
+
+for _model in (FhirResource, FhirResourceVersion):
+    register_sealed_column(SealedColumn(
+        _model.__table__, "content",  # type: ignore[arg-type]
+        lambda tenant, row: _aad(tenant, row["resource_type"], row["id"], row["version"]), sealed_flag="sealed"))
 
 
 def _content(tenant_code: str, resource: dict[str, Any], version: int) -> tuple[str, bool]:
@@ -90,36 +97,42 @@ def basis_for(identity: Identity, tenant_code: str, row: FhirResource, write: bo
     return access.patient_basis(platform_session(), identity, record, write, reason)
 
 
-def visible_condition(identity: Identity, tenant_code: str) -> ColumnElement[bool]:
-    """SQL for the rows of one shard the caller may see in a search (break-glass never applies)."""
+def visible_condition(identity: Identity, tenant_code: str, institution: Any = FhirResource.institution_id,
+                      patient: Any = FhirResource.patient_id) -> ColumnElement[bool]:
+    """SQL for the rows of one shard the caller may see in a search (never break-glass); columns of either table."""
     granted = access.permissions_of(identity)
     platform = platform_session()
     conditions = []
     if access.Permission.patient_read in granted:
         if tenant_code == identity.tenant_code:
-            conditions.append(FhirResource.institution_id == identity.institution_id)
+            conditions.append(institution == identity.institution_id)
         cared = [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
             PersonRecord.tenant_code == tenant_code,
             PersonRecord.person_id.in_(care.active_persons(identity.institution_id)))) if pid]
         if cared:
-            conditions.append(FhirResource.patient_id.in_(cared))
+            conditions.append(patient.in_(cared))
     if access.Permission.own_record_read in granted:
         own = access.resident_person(platform, identity)
         if own is not None:
             mine = [pid for pid in platform.scalars(select(PersonRecord.patient_id).where(
                 PersonRecord.tenant_code == tenant_code, PersonRecord.person_id == own)) if pid]
             if mine:
-                conditions.append(FhirResource.patient_id.in_(mine))
+                conditions.append(patient.in_(mine))
     return or_(*conditions) if conditions else false()
 
 
 @dataclass(frozen=True)
 class PatientScope:
-    """A visible Patient: its shard, its master person, and every shard with the person's records and local ids."""
+    """A visible Patient: its shard, master person, the person's shards and local ids, basis and cache stamp."""
+
+    # The stamp moves with every committed write for the person (registry rows' last_updated) and every merge or
+    # unmerge (persons merged into it, the survivor's updated_at): a summary cached under another stamp is stale.
 
     tenant_code: str
     person_id: str | None
     shards: list[tuple[str, list[str]]]
+    basis: access.Basis
+    stamp: str = ""
 
 
 def _patient_institution(tenant_code: str, patient_id: str) -> int | None:
@@ -132,38 +145,64 @@ def _patient_institution(tenant_code: str, patient_id: str) -> int | None:
     return institution_id
 
 
-def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, str | None]:
-    """Shard and master person of a Patient id in one query (tenant_of and person_of together)."""
-    found = platform.execute(select(PersonRecord.tenant_code, PersonRecord.person_id, MasterPerson.merged_into)
+def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, MasterPerson | None]:
+    """Shard and surviving master person of a Patient id (tenant_of and person_of together)."""
+    found = platform.execute(select(PersonRecord.tenant_code, MasterPerson)
                              .join(MasterPerson, MasterPerson.id == PersonRecord.person_id)
                              .where(PersonRecord.patient_id == patient_id).limit(1)).first()
     if found is None:
         return None, None
-    tenant_code, person_id, merged_into = found
-    return tenant_code, person_id if merged_into is None else empi.survivor(platform, person_id)
+    tenant_code, person = found
+    if person.merged_into is not None:
+        person = platform.get(MasterPerson, empi.survivor(platform, person.id))
+    return tenant_code, person
 
 
-def locate_patient(identity: Identity, patient_id: str) -> PatientScope:
-    """The Patient's shard, master person and the person's shards, each looked up once (404 if not visible)."""
-    platform = platform_session()
-    tenant_code, person_id = _patient_person(platform, patient_id)
-    institution_id = _patient_institution(tenant_code, patient_id) if tenant_code else None
-    visible = institution_id is not None and access.patient_basis(
-        platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
-        False) is not None
-    if not visible:
-        audit.record("read", "not_found" if institution_id is None else "denied", resource_type="Patient",
-                     resource_id=patient_id[:80])
-        raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
+def merged_cluster(platform: Session, person_id: str) -> list[str]:
+    """The person and everyone merged into it, directly or through others (one query when nobody was)."""
+    found, frontier = {person_id}, [person_id]
+    while frontier:
+        frontier = [p for p in platform.scalars(select(MasterPerson.id).where(MasterPerson.merged_into.in_(frontier)))
+                    if p not in found]
+        found.update(frontier)
+    return sorted(found)
+
+
+def _person_shards(platform: Session, person: MasterPerson) -> tuple[list[tuple[str, list[str]]], str]:
+    """The shards the registry names for the person or anyone merged into it, its local ids there, and the stamp."""
+    cluster = merged_cluster(platform, person.id)
     shards: dict[str, list[str]] = {}
-    for shard, local_id in platform.execute(
-            select(PersonRecord.tenant_code, PersonRecord.patient_id)
-            .join(RecordLocation, and_(RecordLocation.master_person_id == PersonRecord.person_id,
-                                       RecordLocation.tenant_code == PersonRecord.tenant_code))
-            .where(PersonRecord.person_id == person_id, PersonRecord.patient_id.is_not(None))
-            .order_by(PersonRecord.tenant_code)):
-        shards.setdefault(shard, []).append(local_id)
-    return PatientScope(tenant_code, person_id, list(shards.items()))
+    stamp = {f"{person.id}@{person.updated_at.isoformat()}", *cluster}
+    for shard, local_id, located, updated in platform.execute(
+            select(PersonRecord.tenant_code, PersonRecord.patient_id, RecordLocation.master_person_id,
+                   RecordLocation.last_updated)
+            .join(RecordLocation, RecordLocation.tenant_code == PersonRecord.tenant_code)
+            .where(PersonRecord.person_id == person.id, PersonRecord.patient_id.is_not(None),
+                   RecordLocation.master_person_id.in_(cluster))
+            .order_by(PersonRecord.tenant_code, PersonRecord.patient_id)):
+        if local_id not in shards.setdefault(shard, []):
+            shards[shard].append(local_id)
+        stamp.add(f"{located}/{shard}@{updated.isoformat()}")
+    return list(shards.items()), "|".join(sorted(stamp))
+
+
+def locate_patient(identity: Identity, patient_id: str, reason: str | None = None) -> PatientScope:
+    """The Patient's shard, master person and the person's shards, following merges (404 if not visible)."""
+    platform = platform_session()
+    tenant_code, person = _patient_person(platform, patient_id)
+    person_id = person.id if person is not None else None
+    institution_id = _patient_institution(tenant_code, patient_id) if tenant_code else None
+    basis = access.patient_basis(
+        platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
+        False, reason) if institution_id is not None and tenant_code is not None else None
+    if basis is None or tenant_code is None:
+        audit.record("read", "not_found" if institution_id is None else "denied", resource_type="Patient",
+                     resource_id=patient_id[:80], break_glass=bool(reason))
+        raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
+    if person is None:
+        return PatientScope(tenant_code, None, [], basis)
+    shards, stamp = _person_shards(platform, person)
+    return PatientScope(tenant_code, person_id, shards, basis, stamp)
 
 
 def shards_for_patient(identity: Identity, patient_id: str) -> list[tuple[str, list[str]]]:
@@ -171,7 +210,7 @@ def shards_for_patient(identity: Identity, patient_id: str) -> list[tuple[str, l
     return locate_patient(identity, patient_id).shards
 
 
-def _generated_patient(tenant_code: str, patient: Patient) -> FhirResource:
+def generated_patient(tenant_code: str, patient: Patient) -> FhirResource:
     """A Patient registered through the local register, shown as FHIR (never stored twice)."""
     ring = keyring()
     values = {field: unseal(ring, tenant_code, patient, field) for field in SEALED_FIELDS}
@@ -203,7 +242,7 @@ def stored_or_registered(tenant_code: str, resource_type: str, resource_id: str)
     row = session.get(FhirResource, (resource_type, resource_id))
     if row is None and resource_type == "Patient":
         patient = session.get(Patient, resource_id)
-        return _generated_patient(tenant_code, patient) if patient is not None else None
+        return generated_patient(tenant_code, patient) if patient is not None else None
     return row
 
 
@@ -272,7 +311,6 @@ def _record_location(tenant_code: str, patient_id: str | None, person_id: str | 
     else:
         location.last_updated = utcnow()
     platform.flush()
-    current_app.extensions["hie.cache"].invalidate(everything_cache_key(person_id))
 
 
 def _meta(resource: dict[str, Any], version: int) -> None:
@@ -280,12 +318,14 @@ def _meta(resource: dict[str, Any], version: int) -> None:
                         "lastUpdated": utcnow().isoformat(timespec="milliseconds")}
 
 
-def create(identity: Identity, resource: dict[str, Any], path: str = "") -> dict[str, Any]:
-    """Store a validated resource in the caller's shard as version 1."""
+def create(identity: Identity, resource: dict[str, Any], path: str = "",
+           bundled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Store a validated resource in the caller's shard as version 1; bundled: the Bundle's resources by reference."""
     tenant_code, session = identity.tenant_code, shard_session(identity.tenant_code)
     resource_id = resource.get("id") or new_resource_id(resource["resourceType"], tenant_code)
     resource["id"] = resource_id
     person_id = _check_subject(identity, resource, path)
+    check_references(identity, resource, path, person_id, bundled)
     if resource["resourceType"] == "Patient":
         try:
             patients.register(identity, _patient_demographics(resource, identity), patient_id=resource_id)
@@ -309,7 +349,8 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "") -> dict
     return resource
 
 
-def _locate(identity: Identity, resource_type: str, resource_id: str) -> tuple[str, FhirResource] | None:
+def locate_row(resource_type: str, resource_id: str) -> tuple[str, FhirResource] | None:
+    """The shard and row of a resource by id, without any access check (callers check)."""
     if resource_type not in WRITABLE or len(resource_id) > 64:
         return None
     tenant_code = tenant_of(platform_session(), resource_type, resource_id)
@@ -321,7 +362,7 @@ def _locate(identity: Identity, resource_type: str, resource_id: str) -> tuple[s
 
 def _visible_row(identity: Identity, resource_type: str, resource_id: str, write: bool,
                  reason: str | None) -> tuple[str, FhirResource, access.Basis]:
-    found = _locate(identity, resource_type, resource_id)
+    found = locate_row(resource_type, resource_id)
     basis = basis_for(identity, found[0], found[1], write, reason) if found else None
     if write and found and found[0] != identity.tenant_code:
         basis = None
@@ -350,7 +391,7 @@ def read(identity: Identity, resource_type: str, resource_id: str, reason: str |
 
 
 def update(identity: Identity, resource_type: str, resource_id: str, body: Any, if_match: int | None,
-           path: str = "") -> dict[str, Any]:
+           path: str = "", bundled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """A new version of a resource of the caller's institution; a stale If-Match is a 412."""
     resource = validate(body, resource_type, path)
     if resource.get("id") not in (None, resource_id):
@@ -359,7 +400,7 @@ def update(identity: Identity, resource_type: str, resource_id: str, body: Any, 
     if if_match is not None and if_match != row.version:
         raise FhirError(412, "conflict", f"{resource_type}/{resource_id} is at version {row.version}, not {if_match}.")
     resource["id"] = resource_id
-    _check_subject(identity, resource, path)
+    check_references(identity, resource, path, _check_subject(identity, resource, path), bundled)
     if resource_type == "Patient":
         demographics = _patient_demographics(resource, identity)
         demographics.pop("mrn")
@@ -379,4 +420,6 @@ def update(identity: Identity, resource_type: str, resource_id: str, body: Any, 
                                     sealed=sealed, content=content))
     session.flush()
     _record_location(tenant_code, row.patient_id)
+    emit(session, tenant_code, "fhir.stored", {"tenant_code": tenant_code, "patient_id": row.patient_id,
+                                               "resource": f"{row.resource_type}/{row.id}"})
     return resource

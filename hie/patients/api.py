@@ -65,9 +65,14 @@ class Patients(MethodView):
 
     @blp.arguments(PatientInSchema)
     @blp.response(201, PatientOutSchema)
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Register a local patient record at the caller's institution"""
+    @blp.alt_response(200, schema=PatientOutSchema,
+                      description="Already registered with these demographics: the existing record")
+    def post(self, body: dict[str, Any]) -> dict[str, Any] | tuple[dict[str, Any], int]:
+        """Register a local patient record at the caller's institution (again: idempotent)"""
         identity = require(Permission.patient_write)
+        existing = services.already_registered(identity, body)
+        if existing is not None:
+            return services.view(identity, existing, Basis.own_institution), 200
         patient = services.register(identity, body)
         return services.view(identity, patient, Basis.own_institution)
 

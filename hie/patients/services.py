@@ -68,6 +68,28 @@ def view(identity: Identity, patient: Patient, basis: access.Basis, person_id: s
     return out
 
 
+def already_registered(identity: Identity, data: dict[str, Any]) -> Patient | None:
+    """The institution's record under this MRN if it holds the same demographics; a 409 (use PATCH) if not."""
+    values = _normalised(data)
+    patient = shard_session(identity.tenant_code).scalar(select(Patient).where(
+        Patient.institution_id == identity.institution_id, Patient.mrn == values["mrn"]))
+    if patient is None:
+        return None
+    stored = {field: unseal(keyring(), identity.tenant_code, patient, field) for field in SEALED_FIELDS}
+    stored.update(sex=patient.sex, birth_date=patient.birth_date)
+    differing = sorted(field for field, value in stored.items() if values.get(field) != value)
+    if differing:
+        audit.record("create", "failure", resource_type=RESOURCE, resource_id=patient.id,
+                     detail="duplicate medical record number, different demographics")
+        abort(409, message=f"Medical record number {values['mrn']!r} is already registered here with different "
+                           f"demographics ({', '.join(differing)}); change that record with PATCH "
+                           f"/api/v1/patients/{patient.id} instead.")
+    audit.record("create", resource_type=RESOURCE, resource_id=patient.id,
+                 patient=audit.patient_ref(identity.tenant_code, patient.id), purpose="treatment",
+                 detail="already registered with the same demographics")
+    return patient
+
+
 def register(identity: Identity, data: dict[str, Any], patient_id: str | None = None) -> Patient:
     """Add a record for the caller's own institution in the caller's own shard."""
     values = _normalised(data)
@@ -134,7 +156,10 @@ def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_matc
     for field in SEALED_FIELDS:
         if field in values:
             seal(keyring(), identity.tenant_code, patient, field, values[field])
-    shard_session(identity.tenant_code).flush()
+    shard = shard_session(identity.tenant_code)
+    shard.flush()
+    emit(shard, identity.tenant_code, "patient.updated",
+         {"tenant_code": identity.tenant_code, "patient_id": patient.id, "institution_id": patient.institution_id})
     current = {field: unseal(keyring(), identity.tenant_code, patient, field) for field in SEALED_FIELDS}
     current["sex"] = patient.sex
     _register_with_empi(identity, patient, current)

@@ -13,7 +13,7 @@ from hie.platform import care
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity, current_identity
 from hie.platform.auth.models import Role
-from hie.tenants.models import Region
+from hie.tenants.models import Institution, Region
 
 BREAK_GLASS_MIN_REASON = 10
 
@@ -50,6 +50,37 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.resident: frozenset({Permission.own_record_read}),
     Role.data_steward: frozenset({Permission.empi_steward}),
 }
+
+
+_CARE_ROLES = frozenset({Role.clinician, Role.family_doctor, Role.specialist, Role.nurse, Role.resident})
+
+ROLE_GRANTS: dict[Role, frozenset[Role]] = {
+    Role.platform_admin: frozenset(Role),
+    Role.tenant_admin: _CARE_ROLES | {Role.institution_admin},
+    Role.institution_admin: _CARE_ROLES,
+}
+"""Which roles an account administrator may grant (and so hold power over); nobody else grants any."""
+
+
+def _admin_scope(identity: Identity, admin_role: Role, institution: Institution) -> bool:
+    if admin_role is Role.platform_admin:
+        return True
+    if admin_role is Role.tenant_admin:
+        return institution.tenant_id == identity.tenant_id
+    return institution.id == identity.institution_id
+
+
+def administers(identity: Identity, institution: Institution) -> bool:
+    """Whether the caller administers accounts at this institution (tenant or institution scope)."""
+    return any(_admin_scope(identity, role, institution) for role in identity.roles if role in ROLE_GRANTS)
+
+
+def may_grant(identity: Identity, institution: Institution, roles: set[Role] | frozenset[Role]) -> bool:
+    """Whether one of the caller's admin roles covers this institution and every one of these roles."""
+    return any(
+        _admin_scope(identity, role, institution) and roles <= ROLE_GRANTS[role]
+        for role in identity.roles if role in ROLE_GRANTS
+    )
 
 
 def permissions_of(identity: Identity) -> frozenset[Permission]:

@@ -16,7 +16,7 @@ from hie.platform import health
 from hie.platform.audit.services import flush_pending
 from hie.platform.cache import Cache
 from hie.platform.config import Config, load_config
-from hie.platform.crypto import DecryptionError, KeyRing
+from hie.platform.crypto import DecryptionError, open_keyring
 from hie.platform.db import EngineRegistry, finish_unit_of_work
 from hie.platform.errors import ProblemApi, problem_response
 from hie.platform.jobs.services import QUEUE_NAME, discard_uncommitted, dispatch_committed
@@ -54,8 +54,8 @@ def _swagger_assets(app: Flask) -> None:
 
 
 def _bind_services(app: Flask, config: Config) -> None:
-    app.extensions["hie.engines"] = EngineRegistry(config)
-    app.extensions["hie.keyring"] = KeyRing(config.keyring_file)
+    engines = app.extensions["hie.engines"] = EngineRegistry(config)
+    app.extensions["hie.keyring"] = open_keyring(config.keyring_file, engines.platform)
     client = redis.Redis.from_url(config.redis_url, socket_timeout=2) if config.redis_url else None
     app.extensions["hie.redis"] = client
     app.extensions["hie.cache"] = Cache(client, config.cache_ttl)
@@ -124,7 +124,7 @@ def _register_blueprints(app: Flask) -> None:
 def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI application for one configuration."""
     config = config or load_config()
-    configure_logging()
+    configure_logging(config.log_level)
     app = Flask("hie")
     app.config["HIE"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes

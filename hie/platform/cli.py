@@ -34,6 +34,7 @@ def main() -> None:
 @click.option("--with-demo", is_flag=True, help="Build the demo region if there are no tenants yet.")
 def init(with_demo: bool) -> None:
     """Create HIE_HOME, the key ring and every database, migrated to the newest schema."""
+    from hie.platform.audit.services import sign_unsigned_head
     from hie.tenants.demo import build_demo
     from hie.tenants.models import Tenant
     from hie.tenants.services import upgrade_all
@@ -42,6 +43,7 @@ def init(with_demo: bool) -> None:
     engines = app.extensions["hie.engines"]
     with app.app_context():
         report = upgrade_all(engines)
+        sign_unsigned_head(engines.platform, app.extensions["hie.keyring"])
         click.echo(f"home: {app.config['HIE'].home}")
         click.echo(f"upgraded: {', '.join(report.upgraded)}")
         with Session(engines.platform) as session:
@@ -66,11 +68,13 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Upgrade the platform database and then every tenant; broken tenants are reported, others go on."""
+    from hie.platform.audit.services import sign_unsigned_head
     from hie.tenants.services import upgrade_all
 
     app = make_app()
     with app.app_context():
         report = upgrade_all(app.extensions["hie.engines"])
+        sign_unsigned_head(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"])
     click.echo(f"upgraded: {', '.join(report.upgraded)}")
     _fail_on(report.failed)
 
@@ -143,9 +147,8 @@ def keys() -> None:
 @keys.command("rotate")
 @click.option("--batch", type=click.IntRange(1, 10000), default=500)
 def keys_rotate(batch: int) -> None:
-    """Add a new active data key, then re-encrypt every sealed value in every tenant while serving."""
-    import hie.platform.tenant_models  # noqa: F401  (registers sealed tables)
-    from hie.platform.keys import reencrypt_shard
+    """Add a new active data key, then re-encrypt every sealed value, platform and tenants, while serving."""
+    from hie.platform.keys import reencrypt
     from hie.tenants.models import Tenant
     from hie.tenants.services import resolved_url
 
@@ -156,12 +159,14 @@ def keys_rotate(batch: int) -> None:
     with Session(engines.platform) as session:
         tenants = session.scalars(select(Tenant).order_by(Tenant.code)).all()
     failed: dict[str, str] = {}
-    for tenant in tenants:
+    targets = [("platform", None, engines.platform)]
+    targets += [(t.code, t.code, engines.engine(resolved_url(engines.config, t))) for t in tenants]
+    for name, tenant_code, engine in targets:
         try:
-            count = reencrypt_shard(engines.engine(resolved_url(engines.config, tenant)), ring, tenant.code, batch)
-            click.echo(f"{tenant.code}: {count} values re-encrypted")
+            count = reencrypt(engine, ring, tenant_code, batch)
+            click.echo(f"{name}: {count} values re-encrypted")
         except Exception as exc:
-            failed[tenant.code] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            failed[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     _fail_on(failed)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError
 
 TENANT_PLACEHOLDER = "{tenant}"
 _SUPPORTED_DB_SCHEMES = ("sqlite", "mysql", "mariadb")
+PRIOR_RESULTS_MAX_DAYS = 365
 
 
 class ConfigError(Exception):
@@ -43,6 +44,10 @@ class Config:
     cache_ttl: int = 300
     proxy_hops: int = 0
     timezone: str = "Asia/Shanghai"
+    workers: int | None = None
+    threads: int = 4
+    log_level: str = "INFO"
+    prior_results_days: int = 30
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     testing: bool = False
@@ -99,6 +104,32 @@ def _timezone(raw: str) -> str:
     return raw
 
 
+def _prior_results_days(env: dict[str, str]) -> int:
+    """How far back the exchange's $prior-results looks when the request does not say (mutual recognition)."""
+    days = _int(env, "HIE_PRIOR_RESULTS_DAYS", 30, minimum=1)
+    if days > PRIOR_RESULTS_MAX_DAYS:
+        raise ConfigError(f"HIE_PRIOR_RESULTS_DAYS must be at most {PRIOR_RESULTS_MAX_DAYS}, got {days}")
+    return days
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"HIE_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}")
+    return level
+
+
+def _writable_home(home: Path) -> Path:
+    """HIE_HOME holds the secret key, the key ring, metrics and SQLite files: it must be a writable folder."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"HIE_HOME {home} cannot be created: {exc.strerror}") from None
+    if not home.is_dir() or not os.access(home, os.W_OK | os.X_OK):
+        raise ConfigError(f"HIE_HOME {home} is not a writable directory")
+    return home
+
+
 def _secret_key(env: dict[str, str], home: Path) -> str:
     """Unset: generate once and keep under HIE_HOME so every worker process shares it."""
     raw = env.get("HIE_SECRET_KEY")
@@ -108,7 +139,6 @@ def _secret_key(env: dict[str, str], home: Path) -> str:
         return raw
     path = home / "secret_key"
     if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
@@ -125,7 +155,7 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
     else:
         env.update(environ)
 
-    home = Path(env.get("HIE_HOME") or Path.cwd() / ".hie").expanduser().resolve()
+    home = _writable_home(Path(env.get("HIE_HOME") or Path.cwd() / ".hie").expanduser().resolve())
     platform_url = validate_db_url(
         "HIE_PLATFORM_DB_URL", env.get("HIE_PLATFORM_DB_URL") or f"sqlite:///{home / 'platform.db'}"
     )
@@ -152,6 +182,10 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
         cache_ttl=_int(env, "HIE_CACHE_TTL", 300, minimum=1),
         proxy_hops=_int(env, "HIE_PROXY_HOPS", 0),
         timezone=_timezone(env.get("HIE_TIMEZONE") or "Asia/Shanghai"),
+        workers=_int(env, "HIE_WORKERS", 0, minimum=1) if env.get("HIE_WORKERS") else None,
+        threads=_int(env, "HIE_THREADS", 4, minimum=1),
+        log_level=_log_level(env.get("HIE_LOG_LEVEL") or "INFO"),
+        prior_results_days=_prior_results_days(env),
     )
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from hie.platform.config import ConfigError
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _SEPARATOR = "$"
 _RELOAD_INTERVAL = 1.0
+_MYSQL_UNKNOWN_DATABASE = 1049
 
 
 class DecryptionError(Exception):
@@ -98,8 +101,6 @@ class KeyRing:
         self._lock = threading.Lock()
         self._mtime = 0.0
         self._checked = 0.0
-        if not path.exists():
-            self.create(path)
         self._material = self._load()
 
     @staticmethod
@@ -111,6 +112,8 @@ class KeyRing:
         log.info("created key ring %s with data key %s", path, kid)
 
     def _load(self) -> KeyMaterial:
+        if not self.path.exists():
+            raise ConfigError(f"HIE_KEYRING_FILE {self.path} does not exist")
         try:
             stat = self.path.stat()
             material = _parse(self.path, self.path.read_text())
@@ -186,6 +189,32 @@ class KeyRing:
             )
         self.material(force=True)
         return kid
+
+
+def _platform_initialised(engine: Engine) -> bool:
+    """Whether the platform database exists with a schema (and so with data sealed under some ring)."""
+    database = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and (not database or not Path(database).exists()):
+        return False
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table("alembic_version")
+    except SQLAlchemyError as exc:
+        if getattr(exc.orig, "args", (None,))[0] == _MYSQL_UNKNOWN_DATABASE:
+            return False
+        raise ConfigError(f"HIE_KEYRING_FILE is missing and the platform database cannot be checked: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def open_keyring(path: Path, platform: Engine) -> KeyRing:
+    """The ring at path; a missing one is created only on first initialisation, when the platform is empty."""
+    if not path.exists():
+        if _platform_initialised(platform):
+            raise ConfigError(f"HIE_KEYRING_FILE {path} does not exist, but the platform database is already "
+                              "initialised; point HIE_KEYRING_FILE at its key ring (a new ring is made only "
+                              "by the first `hie init`)")
+        KeyRing.create(path)
+    return KeyRing(path)
 
 
 def keyring() -> KeyRing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -9,9 +10,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from flask import current_app, g
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import DateTime, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session
@@ -64,6 +66,15 @@ class TenantBase(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def too_long(table: Table, **values: str | None) -> str | None:
+    """The first value longer than its column allows, as a message naming the field; None if all fit."""
+    for name, value in values.items():
+        length = getattr(table.c[name].type, "length", None)
+        if value is not None and length is not None and len(value) > length:
+            return f"{name} must be at most {length} characters (got {len(value)})"
+    return None
+
+
 def utcnow() -> datetime:
     """Aware UTC now, the only clock the models use."""
     return datetime.now(UTC)
@@ -83,13 +94,24 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+def _open_existing(path: str) -> Callable[[], sqlite3.Connection]:
+    """Connect to a SQLite file that must already exist: only provisioning creates databases."""
+    uri = f"file:{quote(str(Path(path).resolve()))}?mode=rw"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=15, check_same_thread=False)
+
+    return connect
+
+
 def build_engine(url: str, config: Config) -> Engine:
     """One pooled engine per database URL; SQLite gets WAL and foreign keys, MySQL gets timeouts."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
+            engine = create_engine(url, creator=_open_existing(parsed.database))
+        else:
+            engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
@@ -209,9 +231,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def ping(engine: Engine) -> None:
-    """Raise unless the database answers."""
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))

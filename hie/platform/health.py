@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +20,12 @@ from prometheus_client import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hie.platform.db import ping, registry
+from hie.platform.db import registry
+from hie.platform.migrate import check_at_head
 from hie.tenants.models import Tenant
 from hie.tenants.services import resolved_url
 
+log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 REQUESTS = Counter("hie_http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
@@ -45,17 +48,17 @@ def healthz() -> dict[str, str]:
 
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, Any], int]:
-    """Every database and Redis answers; a broken tenant is named so operators know which."""
+    """Every database answers at the newest schema, and Redis; a broken tenant is named so operators know which."""
     engines = registry()
-    checks = [("platform", lambda: ping(engines.platform))]
+    checks = [("platform", lambda: check_at_head("platform", engines.platform))]
     try:
         with Session(engines.platform) as session:
             tenants = session.scalars(select(Tenant).where(Tenant.active.is_(True)).order_by(Tenant.code)).all()
         for tenant in tenants:
             url = resolved_url(engines.config, tenant)
-            checks.append((f"tenant:{tenant.code}", lambda url=url: ping(engines.engine(url))))
+            checks.append((f"tenant:{tenant.code}", lambda url=url: check_at_head("tenant", engines.engine(url))))
     except Exception:
-        pass
+        log.warning("readyz: the tenant list could not be read", exc_info=True)
     client = current_app.extensions.get("hie.redis")
     if client is not None:
         checks.append(("redis", client.ping))
@@ -76,8 +79,8 @@ def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         collector = CollectorRegistry()
         multiprocess.MultiProcessCollector(collector)
-        return Response(generate_latest(collector), mimetype=CONTENT_TYPE_LATEST)
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(collector), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
 
 def init_app(app: Flask) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import ColumnElement, Engine, Table, and_, select, true, tuple_, update
 
 from hie.platform.crypto import KeyRing
 
@@ -22,40 +23,68 @@ class SealedTable:
     aad: Callable[[str, str, str], str]
 
 
-SEALED_TABLES: list[SealedTable] = []
+@dataclass(frozen=True)
+class SealedColumn:
+    """One column of ciphertext: aad(tenant code, row) rebuilds the associated data a row was sealed with."""
+
+    table: Table
+    column: str
+    aad: Callable[[str, Mapping[str, Any]], str]
+    platform: bool = False
+    sealed_flag: str | None = None
+
+
+SEALED_COLUMNS: list[SealedColumn] = []
+
+
+def register_sealed_column(sealed: SealedColumn) -> None:
+    """Modules with ciphertext columns register them so rotation reaches every ciphertext."""
+    if sealed not in SEALED_COLUMNS:
+        SEALED_COLUMNS.append(sealed)
 
 
 def register_sealed_table(sealed: SealedTable) -> None:
-    """Modules with sealed columns register them so rotation reaches every ciphertext."""
-    SEALED_TABLES.append(sealed)
+    """Register every <field>_enc column of a shard table sealed per row id and field."""
+    for field in sealed.fields:
+        register_sealed_column(SealedColumn(
+            sealed.table, f"{field}_enc", lambda tenant, row, field=field: sealed.aad(tenant, row["id"], field)))
 
 
-def reencrypt_shard(engine: Engine, ring: KeyRing, tenant_code: str, batch: int = 500) -> int:
-    """Re-encrypt values not under the active key; compare-and-set so concurrent writes are never lost."""
-    active = ring.active_kid
-    changed = 0
-    for sealed in SEALED_TABLES:
-        table, id_col = sealed.table, sealed.table.c.id
-        columns = [table.c[f"{field}_enc"] for field in sealed.fields]
-        last_id = ""
-        while True:
-            with engine.begin() as conn:
-                rows = conn.execute(
-                    select(id_col, *columns).where(id_col > last_id).order_by(id_col).limit(batch)
-                ).all()
-                for row in rows:
-                    for field, column in zip(sealed.fields, columns, strict=True):
-                        old = row._mapping[column]
-                        if old is None or ring.key_id_of(old) == active:
-                            continue
-                        aad = sealed.aad(tenant_code, row.id, field)
-                        new = ring.encrypt(ring.decrypt(old, aad), aad)
-                        result = conn.execute(
-                            update(table).where(id_col == row.id, column == old).values({column.name: new})
-                        )
-                        changed += result.rowcount
-            if not rows:
-                break
-            last_id = rows[-1].id
-    log.info("re-encrypted %s values in tenant %s", changed, tenant_code)
+def load_registry() -> list[SealedColumn]:
+    """Every ciphertext column the platform knows of: importing a module registers its columns."""
+    import hie.empi.index  # noqa: F401
+    import hie.exchange.store  # noqa: F401
+    import hie.patients.sealing  # noqa: F401
+
+    return SEALED_COLUMNS
+
+
+def _reencrypt_column(engine: Engine, ring: KeyRing, sealed: SealedColumn, tenant_code: str, batch: int) -> int:
+    table, column = sealed.table, sealed.table.c[sealed.column]
+    key = list(table.primary_key.columns)
+    flag: ColumnElement[bool] = table.c[sealed.sealed_flag].is_(True) if sealed.sealed_flag else true()
+    active, changed, last = ring.active_kid, 0, None
+    while True:
+        after = tuple_(*key) > tuple_(*last) if last is not None else true()
+        with engine.begin() as conn:
+            rows = conn.execute(select(table).where(flag, after).order_by(*key).limit(batch)).mappings().all()
+            for row in rows:
+                old = row[column.name]
+                if old is None or ring.key_id_of(old) == active:
+                    continue
+                aad = sealed.aad(tenant_code, row)
+                new = ring.encrypt(ring.decrypt(old, aad), aad)
+                match = and_(*(col == row[col.name] for col in key), column == old)
+                changed += conn.execute(update(table).where(match).values({column.name: new})).rowcount
+        if not rows:
+            return changed
+        last = [rows[-1][col.name] for col in key]
+
+
+def reencrypt(engine: Engine, ring: KeyRing, tenant_code: str | None, batch: int = 500) -> int:
+    """Re-encrypt one shard's (tenant_code None: the platform's) values under the active key, compare-and-set."""
+    platform = tenant_code is None
+    changed = sum(_reencrypt_column(engine, ring, sealed, tenant_code or "", batch)
+                  for sealed in load_registry() if sealed.platform == platform)
+    log.info("re-encrypted %s values in %s", changed, tenant_code or "the platform database")
     return changed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from flask import g, has_app_context
 
@@ -18,8 +17,8 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging() -> None:
-    """One handler on the root logger, level from HIE_LOG_LEVEL; idempotent."""
+def configure_logging(level: str) -> None:
+    """One handler on the root logger at the configured level (HIE_LOG_LEVEL); idempotent."""
     root = logging.getLogger()
     if any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
         return
@@ -27,5 +26,5 @@ def configure_logging() -> None:
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter(_FORMAT))
     root.addHandler(handler)
-    root.setLevel(os.environ.get("HIE_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 
@@ -30,12 +33,33 @@ def upgrade(tree: str, engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(tree, engine), revision)
 
 
+@cache
+def head_revisions(tree: str) -> frozenset[str]:
+    """The newest revision(s) of a migration tree."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS / tree))
+    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
+
+
+def check_at_head(tree: str, engine: Engine) -> None:
+    """Raise unless the database exists and its schema is at the newest revision of its tree."""
+    with engine.connect() as conn:
+        try:
+            current = frozenset(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+        except Exception as exc:
+            raise RuntimeError(f"schema not migrated (no alembic_version: {type(exc).__name__})") from None
+    if current != head_revisions(tree):
+        raise RuntimeError(f"schema at {', '.join(sorted(current)) or 'nothing'}, expected "
+                           f"{', '.join(sorted(head_revisions(tree)))}; run `hie db upgrade`")
+
+
 def create_database(url: str) -> None:
-    """Make the empty database a shard needs: CREATE DATABASE on MySQL, the folder of the file on SQLite."""
+    """Make the empty database a shard needs: CREATE DATABASE on MySQL, the (empty) file on SQLite."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(parsed.database).close()
         return
     name = parsed.database
     if not name or not name.replace("_", "").isalnum():

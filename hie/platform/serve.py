@@ -43,16 +43,22 @@ def prepare_multiprocess_metrics() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
+# Path only (%(U)s, never the query string, which may carry identifiers) and the request id of the response.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
+
+
 def run_gunicorn(bind: str | None, workers: int | None) -> None:
     """Serve until stopped."""
+    config = load_config()
     options = {
         "bind": bind or os.environ.get("HIE_BIND", "127.0.0.1:5000"),
-        "workers": workers or int(os.environ.get("HIE_WORKERS", min(8, 2 * (os.cpu_count() or 1) + 1))),
+        "workers": workers or config.workers or min(8, 2 * (os.cpu_count() or 1) + 1),
         "worker_class": "gthread",
-        "threads": int(os.environ.get("HIE_THREADS", "4")),
+        "threads": config.threads,
         "timeout": 60,
         "graceful_timeout": 30,
         "accesslog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
         "child_exit": _child_exit,
     }
     _Gunicorn(options).run()

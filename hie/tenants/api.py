@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import current_app
 from flask.views import MethodView
@@ -10,12 +10,12 @@ from flask_smorest import Blueprint, abort
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from hie.platform import access
 from hie.platform.access import Permission, require
 from hie.platform.audit import services as audit
 from hie.platform.auth import accounts
 from hie.platform.auth import services as auth_services
 from hie.platform.auth.decorators import login_required
-from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import Role, User
 from hie.platform.db import platform_session
 from hie.tenants import services
@@ -98,12 +98,9 @@ class Institutions(MethodView):
         return _institution_out(institution)
 
 
-def _may_manage(identity: Identity, institution: Institution) -> bool:
-    if Role.platform_admin in identity.roles:
-        return True
-    if Role.tenant_admin in identity.roles:
-        return institution.tenant_id == identity.tenant_id
-    return institution.id == identity.institution_id
+def _refuse_grant(message: str) -> NoReturn:
+    audit.record("authorize", outcome="denied", detail=message)
+    abort(403, message=message)
 
 
 @blp.route("/users")
@@ -115,15 +112,18 @@ class Users(MethodView):
     @blp.arguments(UserInSchema)
     @blp.response(201, UserOutSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create an account (within the administrator's own scope)"""
+        """Create an account (within the administrator's scope, with roles they may grant)"""
         identity = require(Permission.user_manage)
         session = platform_session()
         institution = session.scalar(select(Institution).where(Institution.code == body["institution_code"]))
-        if institution is None or not _may_manage(identity, institution):
+        if institution is None or not access.administers(identity, institution):
             abort(422, message=f"Institution {body['institution_code']!r} is not one you administer.")
-        roles = [Role(r) for r in body["roles"]]
-        if Role.platform_admin in roles and Role.platform_admin not in identity.roles:
-            abort(403, message="Only platform administrators create platform administrators.")
+        try:
+            roles = accounts.parse_roles(body["roles"])
+        except accounts.AccountError as exc:
+            abort(422, message=str(exc))
+        if not access.may_grant(identity, institution, frozenset(roles)):
+            _refuse_grant(f"You may not grant {', '.join(sorted(roles))} at {institution.code}.")
         try:
             user = accounts.add_user(
                 session, body["username"], roles, body["institution_code"], body["password"],
@@ -149,17 +149,20 @@ class UserById(MethodView):
         identity = require(Permission.user_manage)
         session = platform_session()
         user = session.get(User, user_id)
-        if user is None or not _may_manage(identity, user.institution):
+        if user is None or not access.administers(identity, user.institution):
+            audit.record("update", outcome="not_found", resource_type="User", resource_id=str(user_id))
             abort(404, message="No such account.")
         if not body:
             abort(400, message="Send active and/or roles.")
+        if not access.may_grant(identity, user.institution, frozenset(user.roles)):
+            _refuse_grant("You may not change an account that holds roles you cannot grant.")
         try:
-            accounts.update_user(session, user, body.get("active"), accounts.parse_roles(body["roles"])
-                                 if "roles" in body else None)
+            roles = accounts.parse_roles(body["roles"]) if "roles" in body else None
+            if roles is not None and not access.may_grant(identity, user.institution, frozenset(roles)):
+                _refuse_grant(f"You may not grant {', '.join(sorted(roles))} at {user.institution.code}.")
+            accounts.update_user(session, user, body.get("active"), roles)
         except accounts.AccountError as exc:
             abort(422, message=str(exc))
-        if Role.platform_admin in user.roles and Role.platform_admin not in identity.roles:
-            abort(403, message="Only platform administrators grant the platform_admin role.")
         auth_services.invalidate_user_sessions(session, user.id)
         audit.record("update", resource_type="User", resource_id=str(user.id))
         return _user_out(user)

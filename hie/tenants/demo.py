@@ -143,7 +143,7 @@ def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
                 accounts.add_user(session, username, [role], institution_code, DEMO_PASSWORD, display)
         if patient_id is not None:
             accounts.add_user(session, "yaodu.resident", [Role.resident], "YAODU-T1", DEMO_PASSWORD,
-                              "王秀英", patient_id=patient_id)
+                              patient_id=patient_id)
     load_demo_records(app, echo)
     echo(demo_logins())
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from hie.platform.config import TENANT_CODE_RE, Config, validate_db_url
-from hie.platform.db import EngineRegistry
+from hie.platform.config import TENANT_CODE_RE, Config, ConfigError, validate_db_url
+from hie.platform.db import EngineRegistry, too_long
 from hie.platform.migrate import UpgradeReport, create_database, upgrade
 from hie.platform.standards import is_region_code
 from hie.tenants.models import Institution, InstitutionLevel, InstitutionType, Region, RegionLevel, Tenant
@@ -33,6 +35,27 @@ def tenant_db_url(session: Session, tenant_code: str) -> str:
 def resolved_url(config: Config, tenant: Tenant) -> str:
     """The URL of a tenant's shard."""
     return tenant.db_url or config.tenant_db_url(tenant.code)
+
+
+def database_identity(url: str) -> tuple[str, ...]:
+    """What makes two URLs the same database: the resolved file, or server, port and database name."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        name = parsed.database or ":memory:"
+        return ("sqlite", name if name == ":memory:" else str(Path(name).expanduser().resolve()))
+    host = (parsed.host or "localhost").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1") else host
+    return ("mysql", host, str(parsed.port or 3306), parsed.database or "")
+
+
+def _refuse_shared_database(session: Session, config: Config, new: Tenant) -> None:
+    """A shard belongs to one tenant: refuse a URL that is the platform's or another tenant's database."""
+    mine = database_identity(resolved_url(config, new))
+    if mine == database_identity(config.platform_db_url):
+        raise TenancyError(f"tenant {new.code!r}: that database is the platform database")
+    for other in session.scalars(select(Tenant).where(Tenant.code != new.code)):
+        if database_identity(resolved_url(config, other)) == mine:
+            raise TenancyError(f"tenant {new.code!r}: that database already holds tenant {other.code!r}")
 
 
 def ensure_region(session: Session, code: str, name: str, level: RegionLevel, parent: str | None) -> Region:
@@ -63,10 +86,16 @@ def add_tenant(
         raise TenancyError(f"tenant {code!r} already exists")
     if region_code is not None and session.get(Region, region_code) is None:
         raise TenancyError(f"region {region_code!r} does not exist")
+    problem = too_long(Tenant.__table__, name=name.strip(), db_url=db_url)  # type: ignore[arg-type]
+    if problem:
+        raise TenancyError(problem)
     if db_url is not None:
-
-        validate_db_url("--db-url", db_url)
+        try:
+            validate_db_url("--db-url", db_url)
+        except ConfigError as exc:
+            raise TenancyError(str(exc)) from None
     tenant = Tenant(code=code, name=name.strip(), region_code=region_code, db_url=db_url)
+    _refuse_shared_database(session, config, tenant)
     session.add(tenant)
     session.flush()
     return tenant
@@ -98,6 +127,17 @@ def upgrade_all(registry: EngineRegistry) -> UpgradeReport:
     return report
 
 
+def _within(session: Session, code: str | None, root: str) -> bool:
+    """Whether a region lies at or below root in the region tree."""
+    seen: set[str] = set()
+    while code is not None and code not in seen:
+        if code == root:
+            return True
+        seen.add(code)
+        code = session.scalar(select(Region.parent_code).where(Region.code == code))
+    return False
+
+
 def add_institution(
     session: Session, code: str, name: str, tenant_code: str, level: str,
     region_code: str | None = None, type_: str = InstitutionType.general_hospital.value,
@@ -107,6 +147,9 @@ def add_institution(
         raise TenancyError(f"institution code {code!r} must be 1-32 letters, digits, '-' or '_'")
     if not name.strip():
         raise TenancyError("institution name must not be empty")
+    problem = too_long(Institution.__table__, name=name.strip(), region_code=region_code)  # type: ignore[arg-type]
+    if problem:
+        raise TenancyError(problem)
     try:
         level_value = InstitutionLevel(level)
     except ValueError:
@@ -122,6 +165,10 @@ def add_institution(
         raise TenancyError(f"tenant {tenant_code!r} does not exist")
     if region_code is not None and session.get(Region, region_code) is None:
         raise TenancyError(f"region {region_code!r} does not exist")
+    if region_code is not None and tenant.region_code is not None \
+            and not _within(session, region_code, tenant.region_code):
+        raise TenancyError(f"region {region_code!r} is not within tenant {tenant.code!r}'s region "
+                           f"{tenant.region_code}")
     if session.scalar(select(Institution).where(Institution.code == code)) is not None:
         raise TenancyError(f"institution {code!r} already exists")
     institution = Institution(

@@ -30,10 +30,10 @@ def run(tmp_path, text=CSV_TEXT):
     return report, rows
 
 
-def test_every_input_row_gets_a_person(tmp_path):
+def test_every_input_row_gets_a_person_and_each_rec_id_appears_once(tmp_path):
     report, rows = run(tmp_path)
-    assert [r["rec_id"] for r in rows] == ["a1", "a2", "a3", "a4", "a5", "", "a1", "a8"]
-    assert report.rows == 8 and all(r["person_id"] for r in rows)
+    assert [r["rec_id"] for r in rows] == ["a1", "a2", "a3", "a4", "a5", "", "a8"]
+    assert report.rows == 7 and all(r["person_id"] for r in rows)
 
 
 def test_duplicates_link_and_twins_do_not(tmp_path):
@@ -47,8 +47,8 @@ def test_malformed_rows_reported_with_line_numbers(tmp_path):
     report, rows = run(tmp_path)
     problems = {(p.line, p.reason.split(" (")[0]) for p in report.malformed}
     assert problems == {(6, "expected 9 fields, got 3"), (7, "missing rec_id"), (8, "duplicate rec_id")}
-    malformed_persons = [rows[i]["person_id"] for i in (4, 5, 6)]
-    assert len(set(malformed_persons)) == 3
+    malformed_persons = [rows[i]["person_id"] for i in (4, 5)]
+    assert len(set(malformed_persons)) == 2
     assert not set(malformed_persons) & {r["person_id"] for r in rows[:4]}
 
 
@@ -78,3 +78,44 @@ def test_invalid_utf8_row_reported(tmp_path):
     src.write_bytes("rec_id,name\nr1,张三\n".encode() + b"r2,\xff\xfe\n")
     report = dedupe_csv(src, dst)
     assert [(p.line, p.reason) for p in report.malformed] == [(3, "not valid UTF-8")]
+
+
+def test_a_huge_field_is_reported_not_fatal(tmp_path):
+    report, rows = run(tmp_path, "rec_id,name\nr1,张三\nr2," + "x" * 200_000 + "\nr3,李四\n")
+    assert [r["rec_id"] for r in rows] == ["r1", "r2", "r3"]
+    assert [(p.line, p.reason) for p in report.malformed] == [
+        (3, "field name is 200000 characters long (at most 1000)")]
+
+
+def test_an_unterminated_quote_is_reported_and_the_rows_after_it_still_read(tmp_path):
+    report, rows = run(tmp_path, 'rec_id,name,phone\nr1,张三,13800138000\nr2,"李四,13800138001\n'
+                                 "r3,王五,13800138002\nr4,赵六,13800138003\n")
+    assert [r["rec_id"] for r in rows] == ["r1", "r2", "r3", "r4"]
+    assert [(p.line, p.rec_id, p.reason.split(":")[0]) for p in report.malformed] == [
+        (3, "r2", "unterminated quote")]
+    quoted_last = 'rec_id,name,address\nr1,张三,"东关村5号\nr2,李四,东关村6号\n'
+    report, rows = run(tmp_path, quoted_last)
+    assert [r["rec_id"] for r in rows] == ["r1", "r2"]
+    assert [(p.line, p.reason.split(":")[0]) for p in report.malformed] == [(2, "unterminated quote")]
+
+
+def test_duplicate_rec_id_reported_with_both_lines(tmp_path):
+    report, rows = run(tmp_path, "rec_id,name\nr1,张三\nr2,李四\nr1,王五\n")
+    assert [r["rec_id"] for r in rows] == ["r1", "r2"]
+    assert [(p.line, p.reason) for p in report.malformed] == [
+        (4, "duplicate rec_id (first on line 2); row not written")]
+
+
+def test_unknown_sex_and_future_birth_date_are_warnings_for_their_line(tmp_path):
+    report, rows = run(tmp_path, "rec_id,name,sex,birth_date\nr1,张三,X,1980-01-01\nr2,李四,M,2090-01-01\n"
+                                 "r3,王五,U,1958-3-12 00:00:00\n")
+    assert len(rows) == 3 and report.malformed == []
+    assert [(p.line, p.field) for p in report.field_issues] == [(2, "sex"), (3, "birth_date")]
+    assert "future" in report.field_issues[1].reason
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("rec_id,name\nr1,张三\n", encoding="utf-8")
+    with pytest.raises(OSError):
+        dedupe_csv(src, tmp_path / "missing-dir" / "out.csv")

@@ -9,6 +9,7 @@ import pytest
 from hie.empi.matching import (
     VETO_DIFFERENT_IDS,
     VETO_GIVEN_NAMES,
+    VETO_UNCORROBORATED,
     ModelWeights,
     Outcome,
     Thresholds,
@@ -222,3 +223,44 @@ def test_u_excludes_matches_hidden_in_random_pairs():
 
     u = _without_matches([0.0, 0.9, 0.05, 0.05], np.array([0.0, 0.1, 0.1, 0.8]), 0.05)
     assert abs(sum(u) - 1) < 1e-9 and u[3] < 0.05
+
+
+@pytest.mark.parametrize(("hanzi", "typed"), [("陈子涵", "Chen Zixuan"), ("王梓涵", "Wang Zixuan"),
+                                              ("张雨涵", "Zhang Yuxuan"), ("周子轩", "Zhou Zihan")])
+def test_typed_pinyin_of_a_twins_name_is_not_an_ime_slip(hanzi, typed):
+    twin = {**BASE, "birth_date": "2015-06-01"}
+    s = score(rec("a", **{**twin, "name": hanzi}), rec("b", **{**twin, "name": typed}), MODEL)
+    assert s.levels["given_name"] == "disagree" and s.veto == VETO_GIVEN_NAMES
+    assert classify(s.weight, THRESHOLDS, s.veto) is not Outcome.AUTO_LINK
+
+
+@pytest.mark.parametrize(("hanzi", "typed"), [("陈子涵", "Chen Zihan"), ("黄梓萱", "HUANG, Zixuan"),
+                                              ("李明", "Li Min"), ("徐宁琳", "xuninglin")])
+def test_typed_pinyin_of_the_same_name_still_links(hanzi, typed):
+    assert outcome(rec("a", **{**BASE, "name": hanzi}), rec("b", **{**BASE, "name": typed})) is Outcome.AUTO_LINK
+
+
+def test_namesakes_with_only_name_sex_and_birth_date_do_not_auto_link():
+    bare = {"name": "张伟", "sex": "M", "birth_date": "1980-01-01"}
+    s = score(rec("a", **bare), rec("b", **bare, phone="13912345678"), MODEL)
+    assert s.weight >= THRESHOLDS.link and s.veto == VETO_UNCORROBORATED
+    assert classify(s.weight, THRESHOLDS, s.veto) is Outcome.REVIEW
+    house = score(rec("a", **bare, address="尧都区屯里镇东关村5号"), rec("b", **bare, address="屯里镇东关村5号"), MODEL)
+    assert house.veto is None
+    village = score(rec("a", **bare, address="尧都区屯里镇东关村5号"), rec("b", **bare, address="屯里镇东关村"), MODEL)
+    assert village.veto == VETO_UNCORROBORATED
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_thresholds_must_be_finite(bad):
+    with pytest.raises(ValueError, match="finite"):
+        Thresholds(link=bad, review=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        Thresholds(link=6.0, review=bad)
+
+
+@pytest.mark.parametrize(("first", "second"), [("王琳志", "王琳诗"), ("吴建怡", "吴佳怡"), ("郭婷", "郭萍")])
+def test_hanzi_twins_whose_names_differ_by_one_similar_sounding_character_are_vetoed(first, second):
+    twin = {**BASE, "birth_date": "2016-05-10"}
+    s = score(rec("a", **{**twin, "name": first}), rec("b", **{**twin, "name": second}), MODEL)
+    assert s.levels["given_name"] == "disagree" and s.veto == VETO_GIVEN_NAMES

@@ -144,3 +144,52 @@ def test_latin_address_keeps_house_number_and_postcode():
 @pytest.mark.parametrize("given", ["英轩", "长生", "重阳", "乐乐", "绿萝", "敏玉"])
 def test_fast_given_pinyin_matches_pypinyin(given):
     assert normalize_name("王" + given)[3] == latin_key("".join(lazy_pinyin(given)))
+
+
+@pytest.mark.parametrize("raw", ["1958-3-12 00:00:00", "1958/3/12", "1958-03-12T08:30", "1958年3月12日"])
+def test_dates_with_time_or_slashes_parse(raw):
+    assert parse_date(raw).value == dt.date(1958, 3, 12)
+
+
+@pytest.mark.parametrize(("raw", "house"), [
+    ("尧都区屯里镇东关村五号", "5"), ("尧都区屯里镇东关村十二号", "12"), ("东关村二十三号", "23"),
+    ("东关村一百零五号", "105"), ("东关村5号", "5"),
+])
+def test_chinese_numeral_house_numbers_parse(raw, house):
+    assert parse_address(raw).house_number == house
+
+
+def test_chinese_numeral_house_number_agrees_with_digits():
+    from hie.empi.matching.comparison import FIELD_LEVELS, compare_addresses
+
+    a = normalize_record({"rec_id": "a", "address": "尧都区屯里镇东关村五号"})
+    b = normalize_record({"rec_id": "b", "address": "临汾市尧都区屯里镇东关村5号"})
+    assert FIELD_LEVELS["address"][compare_addresses(a, b)] == "exact"
+
+
+@pytest.mark.parametrize("raw", ["艾力·买买提", "艾力•买买提", "艾力・买买提", "艾力.买买提"])
+def test_minority_names_with_a_middle_dot_keep_the_whole_name_as_given_name(raw):
+    assert normalize_name(raw) == (None, "艾力买买提", None, "ailimaimaiti", True)
+
+
+def test_a_han_name_with_a_stray_dot_is_split_as_usual():
+    assert normalize_name("李·明")[:2] == ("李", "明")
+
+
+def test_dotted_and_undotted_minority_name_agree_but_brothers_do_not():
+    from hie.empi.matching import VETO_GIVEN_NAMES, default_model, score
+
+    base = {"sex": "M", "birth_date": "1990-01-01", "phone": "13800001111"}
+    same = score(normalize_record({**base, "rec_id": "a", "name": "艾力·买买提"}),
+                 normalize_record({**base, "rec_id": "b", "name": "艾力买买提"}), default_model())
+    assert same.levels["given_name"] == "pinyin" and same.veto is None
+    twin = score(normalize_record({**base, "rec_id": "a", "name": "艾力·买买提"}),
+                 normalize_record({**base, "rec_id": "c", "name": "艾克拜尔·买买提"}), default_model())
+    assert twin.veto == VETO_GIVEN_NAMES
+
+
+def test_unknown_sex_and_future_birth_date_are_issues():
+    rec = normalize_record({"rec_id": "x", "sex": "Q", "birth_date": "2090-01-01"})
+    assert rec.sex is None and rec.birth_date is None
+    assert [field for field, _ in rec.issues] == ["sex", "birth_date"]
+    assert normalize_record({"rec_id": "y", "sex": "U"}).issues == []

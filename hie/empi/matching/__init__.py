@@ -7,10 +7,12 @@ from hie.empi.matching.model import MODEL_VERSION, FieldWeights, ModelWeights, d
 from hie.empi.matching.scoring import (
     VETO_DIFFERENT_IDS,
     VETO_GIVEN_NAMES,
+    VETO_UNCORROBORATED,
     MatchScore,
     Outcome,
     Thresholds,
     classify,
+    resident_id,
     score,
 )
 
@@ -20,6 +22,7 @@ __all__ = [
     "MODEL_VERSION",
     "VETO_DIFFERENT_IDS",
     "VETO_GIVEN_NAMES",
+    "VETO_UNCORROBORATED",
     "ClusterResult",
     "FieldWeights",
     "MatchScore",
@@ -32,6 +35,7 @@ __all__ = [
     "cluster",
     "compare",
     "default_model",
+    "resident_id",
     "score",
     "soundex",
 ]

@@ -11,9 +11,9 @@ import numpy as np
 from hie.empi.matching.blocking import blocking_keys
 from hie.empi.matching.comparison import FIELD_LEVELS, FIELDS
 from hie.empi.matching.model import ModelWeights, default_model, estimate_model, estimate_u
-from hie.empi.matching.scoring import Outcome, Thresholds, classify, veto_reason
+from hie.empi.matching.scoring import Outcome, Thresholds, classify, resident_id, veto_reason
 from hie.empi.matching.vectorized import RecordTable, compare_batch
-from hie.empi.normalize import RESIDENT_ID_TYPE, NormalizedRecord
+from hie.empi.normalize import NormalizedRecord
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ class _Persons:
     def __init__(self, records: Sequence[NormalizedRecord]) -> None:
         self.parent = list(range(len(records)))
         self.members: dict[int, list[int]] = {i: [i] for i in range(len(records))}
-        self.ids: dict[int, set[str]] = {
-            i: {r.id_number} if r.id_valid and r.id_type == RESIDENT_ID_TYPE and r.id_number else set()
-            for i, r in enumerate(records)
-        }
+        self.ids: dict[int, set[str]] = {i: {n} if (n := resident_id(r)) else set() for i, r in enumerate(records)}
 
     def find(self, i: int) -> int:
         """Root of i's person, with path halving."""

@@ -43,23 +43,23 @@ def _name_level(a_canon: str | None, b_canon: str | None, a_py: str | None, b_py
 
 
 def _hanzi_given_level(a: tuple[str, ...], b: tuple[str, ...], level: int) -> int:
-    """Different hanzi given names are close only if of equal length and each differing syllable is an IME slip."""
+    """Two hanzi given names agree only in writing or in reading: 琳/丽 or 霞/嘉 are twins' names, not slips."""
     if level >= 4 or not a or not b:
         return level
-    if len(a) != len(b):
-        return DISAGREE
-    if all(x == y or OSA.distance(x, y) <= 1 for x, y in zip(a, b, strict=True)):
-        return 3
     return DISAGREE
 
 
-def typed_spells(typed: str, syllables: tuple[str, ...]) -> bool:
-    """Whether typed pinyin splits into the hanzi name's syllables, each as typed or one IME slip away."""
+def typed_spells(typed: str, syllables: tuple[str, ...], slips: int = 1) -> bool:
+    """Whether typed pinyin spells the hanzi name's syllables with at most one IME slip over the whole name."""
     if not syllables:
         return not typed
     head, rest = syllables[0], syllables[1:]
+    if typed.startswith(head) and typed_spells(typed[len(head):], rest, slips):
+        return True
+    if slips == 0:
+        return False
     for size in range(max(1, len(head) - 1), len(head) + 2):
-        if size <= len(typed) and OSA.distance(typed[:size], head) <= 1 and typed_spells(typed[size:], rest):
+        if size <= len(typed) and OSA.distance(typed[:size], head) == 1 and typed_spells(typed[size:], rest, 0):
             return True
     return False
 

@@ -66,8 +66,6 @@ class RecordTable:
     addr_parts: np.ndarray
     postcode: np.ndarray
     text: dict[str, np.ndarray]
-    syllable_codes: np.ndarray
-    syllable_close: np.ndarray
 
     @classmethod
     def build(cls, records: Sequence[NormalizedRecord]) -> RecordTable:
@@ -108,7 +106,6 @@ class RecordTable:
                 "sorted_address": _objects([" ".join(sorted(a.text.split())) if a else None for a in addresses]),
                 "bare_address": _objects([a.text.replace(" ", "") if a else None for a in addresses]),
             },
-            **_syllable_tables(records),
         )
 
 
@@ -117,19 +114,6 @@ def _objects(values: list[str | None]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = [v or "" for v in values]
     return out
-
-
-def _syllable_tables(records: Sequence[NormalizedRecord]) -> dict[str, np.ndarray]:
-    """Hanzi given-name syllables as codes plus which syllable pairs are one IME slip apart."""
-    vocab: dict[str, int] = {"": 0}
-    width = max((len(r.given_syllables) for r in records), default=0)
-    codes = np.zeros((len(records), width), dtype=np.int64)
-    for i, rec in enumerate(records):
-        for k, syllable in enumerate(rec.given_syllables):
-            codes[i, k] = vocab.setdefault(syllable, len(vocab))
-    words = list(vocab)
-    close = process.cdist(words, words, scorer=OSA.distance, dtype=np.int64) <= 1
-    return {"syllable_codes": codes, "syllable_close": close}
 
 
 def _similarity(t: RecordTable, left: np.ndarray, right: np.ndarray, col_a: str, col_b: str,
@@ -159,12 +143,7 @@ def _compare_names(t: RecordTable, a: np.ndarray, b: np.ndarray) -> tuple[np.nda
     """Family and given levels with the swap and run-together rules of comparison.compare_names."""
     fam = _name_levels(t, a, b, t.fam, t.fam_py, "family")
     giv = _name_levels(t, a, b, t.giv, t.giv_py, "given")
-    hanzi_given = (t.syllables[a] > 0) & (t.syllables[b] > 0) & (giv < 4)
-    slips = np.flatnonzero(hanzi_given & (t.syllables[a] == t.syllables[b]))
-    codes = t.syllable_codes
-    each_close = t.syllable_close[codes[a[slips]], codes[b[slips]]].all(axis=1)
-    giv[hanzi_given] = 1
-    giv[slips] = np.where(each_close, 3, 1)
+    giv[(t.syllables[a] > 0) & (t.syllables[b] > 0) & (giv < 4)] = 1
     recs = t.records
     typed = ~((t.syllables[a] > 0) & (t.syllables[b] > 0)) & ((giv == 2) | (giv == 3))
     for k in np.flatnonzero(typed).tolist():

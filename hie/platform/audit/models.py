@@ -37,10 +37,11 @@ class AuditEvent(PlatformBase):
 
 
 class AuditChainHead(PlatformBase):
-    """One row holding the last sequence number and hash; locking it serialises appends."""
+    """The last sequence number and hash, signed with the audit key; locking the row serialises appends."""
 
     __tablename__ = "audit_chain_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(String(64))

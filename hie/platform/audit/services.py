@@ -96,9 +96,33 @@ def _to_row(pending: PendingEvent) -> AuditEvent:
 
 _HEAD = AuditChainHead.__table__
 _LOCK_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(id=1)
-_READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash).where(_HEAD.c.id == 1)
+_READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash, _HEAD.c.signature).where(_HEAD.c.id == 1)
+_BROKEN = "broken-at:"
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(
-    last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
+    last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash"), signature=bindparam("new_signature"))
+
+
+def head_signature(keyring: KeyRing, last_seq: int, last_hash: str) -> str:
+    """HMAC of the chain head: cutting events off the tail and moving the head back needs the audit key."""
+    return keyring.audit_mac(f"audit_chain_head|{last_seq}|{last_hash}".encode())
+
+
+def _head_intact(keyring: KeyRing, last_seq: int, last_hash: str, signature: str | None) -> bool:
+    genesis = last_seq == 0 and last_hash == GENESIS_HASH
+    return genesis or signature == head_signature(keyring, last_seq, last_hash)
+
+
+def sign_unsigned_head(engine: Engine, keyring: KeyRing) -> bool:
+    """After the upgrade that added head signatures, sign a head written before it (signature NULL)."""
+    with engine.begin() as conn:
+        conn.execute(_LOCK_HEAD)
+        last_seq, last_hash, signature = conn.execute(_READ_HEAD).one()
+        if signature is not None:
+            return False
+        conn.execute(update(_HEAD).where(_HEAD.c.id == 1).values(
+            signature=head_signature(keyring, last_seq, last_hash)))
+    log.warning("audit chain head at event %s was unsigned (written before signing); signed it now", last_seq)
+    return True
 _INSERT_EVENT = AuditEvent.__table__.insert()
 _EVENT_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns)
 
@@ -111,7 +135,11 @@ def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> 
     with engine.begin() as conn:
         # Writing the head first takes the write lock at once (SQLite) or the row lock (MySQL).
         conn.execute(_LOCK_HEAD)
-        last_seq, last_hash = conn.execute(_READ_HEAD).one()
+        last_seq, last_hash, signature = conn.execute(_READ_HEAD).one()
+        intact = _head_intact(keyring, last_seq, last_hash, signature)
+        if not intact:
+            log.error("audit chain head at event %s fails its signature; appending, the head stays marked", last_seq)
+        broken_at = signature if signature and signature.startswith(_BROKEN) else f"{_BROKEN}{last_seq}"
         values = []
         for row in rows:
             row.seq, row.prev_hash = last_seq + 1, last_hash
@@ -119,7 +147,8 @@ def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> 
             last_seq, last_hash = row.seq, row.hash
             values.append({key: getattr(row, key) for key in _EVENT_COLUMNS})
         conn.execute(_INSERT_EVENT, values)
-        conn.execute(_MOVE_HEAD, {"new_seq": last_seq, "new_hash": last_hash})
+        conn.execute(_MOVE_HEAD, {"new_seq": last_seq, "new_hash": last_hash, "new_signature": (
+            head_signature(keyring, last_seq, last_hash) if intact else broken_at)})
     return [row.seq for row in rows]
 
 
@@ -166,8 +195,31 @@ def verify(engine: Engine, keyring: KeyRing) -> tuple[int, list[ChainProblem]]:
                 last = event.seq
             session.expunge_all()
         head = session.get(AuditChainHead, 1)
-        if head is not None and head.last_seq >= expected_seq:
-            problems.append(ChainProblem(expected_seq, f"event(s) {expected_seq}-{head.last_seq} deleted"))
-        if head is not None and head.last_seq == expected_seq - 1 and head.last_hash != prev_hash:
-            problems.append(ChainProblem(head.last_seq, "last event edited (chain head disagrees)"))
+        if head is not None:
+            problems.extend(_head_problems(keyring, head, expected_seq - 1, prev_hash, checked))
     return checked, problems
+
+
+def _head_problems(keyring: KeyRing, head: AuditChainHead, last_seq: int, last_hash: str,
+                   count: int) -> list[ChainProblem]:
+    """The head must be signed, agree with the last stored event, and count every event."""
+    problems = []
+    signature = head.signature or ""
+    if signature.startswith(_BROKEN) and signature[len(_BROKEN):].isdigit():
+        problems.append(ChainProblem(int(signature[len(_BROKEN):]), "chain head forged or moved (found by a later "
+                                     "append); events after it may have been deleted"))
+    elif not (count == 0 and _head_intact(keyring, head.last_seq, head.last_hash, None)) and \
+            signature != head_signature(keyring, head.last_seq, head.last_hash):
+        problems.append(ChainProblem(head.last_seq, "chain head forged or moved (its signature does not match); "
+                                     "events after it may have been deleted"))
+    if head.last_seq > last_seq:
+        problems.append(ChainProblem(last_seq + 1, f"event(s) {last_seq + 1}-{head.last_seq} deleted"))
+    elif head.last_seq < last_seq:
+        problems.append(ChainProblem(head.last_seq + 1, f"event(s) {head.last_seq + 1}-{last_seq} stored beyond "
+                                     "the chain head"))
+    elif head.last_hash != last_hash:
+        problems.append(ChainProblem(head.last_seq, "last event edited (chain head disagrees)"))
+    if count != head.last_seq:
+        problems.append(ChainProblem(head.last_seq, f"{count} events stored but the chain head counts "
+                                     f"{head.last_seq}"))
+    return problems

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 
+from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from hie.patients.models import Patient
 from hie.platform.auth.models import Role, User, UserRole
 from hie.platform.auth.passwords import hash_password, password_problem
+from hie.platform.db import too_long
 from hie.tenants.models import Institution
+from hie.tenants.services import resolved_url
 
 _USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{2,63}$")
 
@@ -19,7 +24,7 @@ class AccountError(ValueError):
 
 
 def parse_roles(raw: list[str]) -> list[Role]:
-    """Role names to Roles, refusing unknown ones by name."""
+    """Role names to Roles (each once, in order), refusing unknown ones by name."""
     roles = []
     for name in raw:
         try:
@@ -28,7 +33,20 @@ def parse_roles(raw: list[str]) -> list[Role]:
             raise AccountError(f"role {name!r} is not one of: {', '.join(r.value for r in Role)}") from None
     if not roles:
         raise AccountError("at least one role is needed")
-    return roles
+    return list(dict.fromkeys(roles))
+
+
+def _check_resident_record(institution: Institution, patient_id: str) -> None:
+    """A resident names a patient record that exists in their institution's shard and is held there."""
+    engines = current_app.extensions["hie.engines"]
+    try:
+        with Session(engines.engine(resolved_url(engines.config, institution.tenant))) as shard:
+            holder = shard.scalar(select(Patient.institution_id).where(Patient.id == patient_id))
+    except SQLAlchemyError:
+        raise AccountError(f"patient_id cannot be checked: the database of tenant {institution.tenant.code!r} "
+                           "does not answer") from None
+    if holder != institution.id:
+        raise AccountError(f"patient_id {patient_id!r} is not a patient record of institution {institution.code}")
 
 
 def add_user(
@@ -36,12 +54,19 @@ def add_user(
     display_name: str | None = None, department: str | None = None, title: str | None = None,
     licence_number: str | None = None, patient_id: str | None = None,
 ) -> User:
-    """A new account at an institution; residents must name the patient record they are."""
+    """A new account at an institution; residents must name a patient record of that institution."""
+    roles = list(dict.fromkeys(roles))
     if not _USERNAME_RE.fullmatch(username):
         raise AccountError(f"username {username!r} must be 3-64 lowercase letters, digits, '.', '-' or '_'")
     problem = password_problem(password)
     if problem:
         raise AccountError(f"password {problem}")
+    problem = too_long(User.__table__, display_name=display_name, department=department,  # type: ignore[arg-type]
+                       title=title, licence_number=licence_number, patient_id=patient_id)
+    if problem:
+        raise AccountError(problem)
+    if not roles:
+        raise AccountError("at least one role is needed")
     institution = session.scalar(select(Institution).where(Institution.code == institution_code))
     if institution is None:
         raise AccountError(f"institution {institution_code!r} does not exist")
@@ -51,6 +76,11 @@ def add_user(
         raise AccountError("a resident account holds only the resident role and names its patient record")
     if Role.resident not in roles and patient_id is not None:
         raise AccountError("only resident accounts are linked to a patient record")
+    if Role.resident in roles:
+        if display_name is not None:
+            raise AccountError("display_name: resident accounts carry none (the name stays sealed in the "
+                               "patient record)")
+        _check_resident_record(institution, patient_id)  # type: ignore[arg-type]
     user = User(
         username=username, password_hash=hash_password(password), display_name=display_name or username,
         institution_id=institution.id, department=department, title=title, licence_number=licence_number,
@@ -64,9 +94,10 @@ def add_user(
 def update_user(session: Session, user: User, active: bool | None, roles: list[Role] | None) -> None:
     """Disable, re-enable or re-role an account; residents stay residents."""
     if roles is not None:
+        roles = list(dict.fromkeys(roles))
         if (Role.resident in roles) != (Role.resident in user.roles) or (Role.resident in roles and len(roles) > 1):
             raise AccountError("roles: a resident account holds only the resident role, and vice versa")
-        user.role_rows = [UserRole(role=role) for role in dict.fromkeys(roles)]
+        user.role_rows = [UserRole(role=role) for role in roles]
     if active is not None:
         user.active = active
     session.flush()

@@ -70,11 +70,12 @@ class UserRole(PlatformBase):
 
 
 class AuthSession(PlatformBase):
-    """A login: access tokens name it, so revoking it ends them at once; the refresh token rotates."""
+    """One link of a login: access tokens name it; each refresh makes the next link of the same family."""
 
     __tablename__ = "auth_sessions"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    family_id: Mapped[str] = mapped_column(String(36), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     refresh_hash: Mapped[str] = mapped_column(String(64), index=True)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from hie.platform.audit import services as audit
@@ -49,13 +49,13 @@ def _cache() -> Cache:
     return current_app.extensions["hie.cache"]
 
 
-def _issue(session: Session, user: User, source_ip: str | None) -> TokenPair:
+def _issue(session: Session, user: User, source_ip: str | None, family_id: str | None = None) -> TokenPair:
     config = current_app.config["HIE"]
     now = utcnow()
     session_id = new_id()
     refresh_token, refresh_hash = tokens.new_refresh_token(session_id)
     session.add(AuthSession(
-        id=session_id, user_id=user.id, refresh_hash=refresh_hash, issued_at=now,
+        id=session_id, family_id=family_id or session_id, user_id=user.id, refresh_hash=refresh_hash, issued_at=now,
         expires_at=now + timedelta(seconds=config.refresh_token_ttl), source_ip=source_ip,
     ))
     access = tokens.issue_access_token(config.secret_key, user.id, session_id, now, config.access_token_ttl)
@@ -71,9 +71,22 @@ def _actor(user: User | None, username: str) -> dict[str, object]:
     }
 
 
+def _count_failure(session: Session, user_id: int, now: datetime) -> bool:
+    """Count a failed password atomically (the UPDATE holds the row lock); lock at the threshold."""
+    config = current_app.config["HIE"]
+    session.execute(update(User).where(User.id == user_id).values(failed_logins=User.failed_logins + 1)
+                    .execution_options(synchronize_session=False))
+    failures = session.scalar(select(User.failed_logins).where(User.id == user_id))
+    if failures is None or failures < config.lockout_threshold:
+        return False
+    session.execute(update(User).where(User.id == user_id).values(
+        failed_logins=0, locked_until=now + timedelta(minutes=config.lockout_minutes))
+        .execution_options(synchronize_session=False))
+    return True
+
+
 def login(session: Session, username: str, password: str, source_ip: str | None) -> TokenPair:
     """Check the password, count failures, lock after too many, and audit every attempt."""
-    config = current_app.config["HIE"]
     user = session.scalar(select(User).where(User.username == username))
     now = utcnow()
     if user is None:
@@ -87,20 +100,20 @@ def login(session: Session, username: str, password: str, source_ip: str | None)
         audit.record("login", "locked", detail="attempt while locked", actor=actor)
         raise LoginRefused(423, "This account is locked after repeated failed logins; try again later.")
     if not verify_password(user.password_hash, password):
-        user.failed_logins += 1
-        detail = "wrong password"
-        if user.failed_logins >= config.lockout_threshold:
-            user.locked_until = now + timedelta(minutes=config.lockout_minutes)
-            user.failed_logins = 0
-            detail = "wrong password; account locked"
-        session.flush()
+        locked = _count_failure(session, user.id, now)
+        detail = "wrong password; account locked" if locked else "wrong password"
         audit.record("login", "failure", detail=detail, actor=actor)
         raise LoginRefused(401, "Wrong username or password.")
     if not user.active or not user.institution.active:
         audit.record("login", "failure", detail="account disabled", actor=actor)
         raise LoginRefused(401, "Wrong username or password.")
-    user.failed_logins = 0
-    user.locked_until = None
+    cleared = session.execute(
+        update(User).where(User.id == user.id, or_(User.locked_until.is_(None), User.locked_until <= now))
+        .values(failed_logins=0, locked_until=None).execution_options(synchronize_session=False)
+    ).rowcount
+    if not cleared:
+        audit.record("login", "locked", detail="locked by a concurrent attempt", actor=actor)
+        raise LoginRefused(423, "This account is locked after repeated failed logins; try again later.")
     pair = _issue(session, user, source_ip)
     audit.record("login", "success", actor=actor)
     return pair
@@ -114,23 +127,31 @@ def refresh(session: Session, refresh_token: str, source_ip: str | None) -> Toke
         raise LoginRefused(401, "Refresh token invalid.") from None
     auth_session = session.get(AuthSession, session_id, with_for_update=True)
     now = utcnow()
-    if auth_session is None or auth_session.revoked_at is not None or auth_session.expires_at <= now:
+    if auth_session is None or auth_session.expires_at <= now:
         raise LoginRefused(401, "Refresh token invalid or expired.")
     user = session.get(User, auth_session.user_id)
     assert user is not None
-    if auth_session.refresh_hash != tokens.hash_refresh_secret(secret):
-        auth_session.revoked_at = now
-        _cache().invalidate(identity_cache_key(session_id))
-        audit.record("token_refresh", "denied", detail="reused refresh token; session revoked",
+    if auth_session.revoked_at is not None or auth_session.refresh_hash != tokens.hash_refresh_secret(secret):
+        _revoke_family(session, auth_session.family_id, now)
+        audit.record("token_refresh", "denied", detail="spent or forged refresh token; login revoked",
                      actor=_actor(user, user.username))
         raise LoginRefused(401, "Refresh token invalid.")
     if not user.active:
         raise LoginRefused(401, "Refresh token invalid.")
     auth_session.revoked_at = now
     _cache().invalidate(identity_cache_key(session_id))
-    pair = _issue(session, user, source_ip)
+    pair = _issue(session, user, source_ip, auth_session.family_id)
     audit.record("token_refresh", "success", actor=_actor(user, user.username))
     return pair
+
+
+def _revoke_family(session: Session, family_id: str, now: datetime) -> None:
+    """End every session of one login (the chain of refresh rotations), e.g. when a spent token returns."""
+    live = session.scalars(select(AuthSession.id).where(
+        AuthSession.family_id == family_id, AuthSession.revoked_at.is_(None))).all()
+    session.execute(update(AuthSession).where(AuthSession.id.in_(live)).values(revoked_at=now)
+                    .execution_options(synchronize_session="fetch"))
+    _cache().invalidate(*(identity_cache_key(sid) for sid in live))
 
 
 def logout(session: Session, identity: Identity) -> None:
