@@ -196,6 +196,14 @@ def as_user(client: FlaskClient):  # noqa: ANN201
     return headers
 
 
+def add_resident(app: Flask, institution: str, patient_id: str, username: str = "resident.wang") -> None:
+    """A resident account standing for one patient record of a yaodu institution."""
+    with session_scope(app.extensions["hie.engines"].platform) as session, \
+            Session(shard_engine(app, "yaodu")) as shard:
+        accounts.add_user(session, username, [Role.resident], institution, PASSWORD, patient_id=patient_id,
+                          shard=shard)
+
+
 def valid_id(body17: str) -> str:
     """A resident ID with the right GB 11643 check digit."""
     from hie.platform.standards import check_digit

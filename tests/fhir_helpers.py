@@ -55,6 +55,26 @@ def create(client: Any, headers: dict[str, str], resource: dict[str, Any]) -> di
     return response.get_json()
 
 
+class DictRedis:
+    """Just enough of a Redis client for hie.platform.cache.Cache, so cache logic is tested without a Redis."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        """The stored value or None."""
+        return self.values.get(key)
+
+    def set(self, key: str, value: Any, ex: int | None = None) -> None:
+        """Store a value (the time to live is ignored)."""
+        self.values[key] = value
+
+    def delete(self, *keys: str) -> None:
+        """Drop keys."""
+        for key in keys:
+            self.values.pop(key, None)
+
+
 def run_jobs(app: Any) -> None:
     """Deliver queued outbox events: with Redis a real RQ worker in burst mode; inline mode needs nothing."""
     connection = app.extensions["hie.redis"]

@@ -11,7 +11,7 @@ from hie.platform.audit.models import AuditEvent
 from hie.platform.auth import accounts
 from hie.platform.auth.models import Role
 from hie.platform.db import session_scope, utcnow
-from tests.conftest import PASSWORD, login, new_patient, valid_id
+from tests.conftest import PASSWORD, add_resident, login, new_patient, valid_id
 
 REASON = "patient unconscious, allergy history needed"
 
@@ -82,8 +82,7 @@ def test_resident_reads_only_their_own_record(client, app, as_user):
     own = new_patient(client, as_user("yaodu.fd"), mrn="R-1")
     other = new_patient(client, as_user("yaodu.fd"), mrn="R-2", name="李四", sex="M", birth_date="1990-01-01",
                         id_number=valid_id("14100219900101001"), phone="13700000000", address=None)
-    with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
-        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-T1", PASSWORD, patient_id=own["id"])
+    add_resident(app, "YAODU-T1", own["id"])
     headers = login(client, "resident.wang")
     mine = client.get(f"/api/v1/patients/{own['id']}", headers=headers)
     assert mine.status_code == 200 and mine.get_json()["access_basis"] == "self"

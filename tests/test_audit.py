@@ -137,3 +137,53 @@ def test_audit_api_refuses_non_auditors_and_bad_filters(client, as_user):
                         headers=as_user("auditor"))
     assert window.status_code == 422
     assert client.get("/api/v1/audit?outcome=maybe", headers=as_user("auditor")).status_code == 422
+
+
+def _append_as_previous_release(app) -> int:
+    """Append one event as a process of the release before head signing does: head seq/hash moved, not signed."""
+    from hie.platform.audit import services
+
+    engine, keyring = app.extensions["hie.engines"].platform, app.extensions["hie.keyring"]
+    with app.test_request_context(), engine.begin() as conn:
+        seq, last_hash = conn.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash)).one()
+        row = services._to_row(services.PendingEvent("read", "success"))
+        row.seq, row.prev_hash = seq + 1, last_hash
+        row.hash = keyring.audit_mac(services._canonical(row))
+        conn.execute(AuditEvent.__table__.insert(), [{c.key: getattr(row, c.key) for c in AuditEvent.__table__.c}])
+        conn.execute(update(AuditChainHead).values(last_seq=row.seq, last_hash=row.hash))
+    return row.seq
+
+
+def test_rolling_upgrade_appends_by_previous_release_keep_the_chain_intact(app, client, some_events, verify,
+                                                                          platform_db):
+    _append_as_previous_release(app)
+    last = _append_as_previous_release(app)
+    result = verify()
+    assert result.exit_code == 0, result.output
+    login(client, "yaodu.nurse")
+    result = verify()
+    assert result.exit_code == 0, result.output
+    assert f"{last + 1} events verified" in result.output
+    head = platform_db.get(AuditChainHead, 1)
+    assert head.signed_seq == head.last_seq == last + 1
+
+
+def test_truncation_below_the_signed_head_after_a_previous_release_append_is_detected(app, client, some_events,
+                                                                                     verify, platform_db):
+    _append_as_previous_release(app)
+    keep = _truncate_and_move_head(platform_db)
+    login(client, "yaodu.nurse")
+    result = verify()
+    assert result.exit_code == 1
+    assert f"TAMPERED at event {keep}: chain head forged or moved (found by a later append)" in result.output
+
+
+def test_edited_unsigned_event_is_not_signed_over(app, client, some_events, verify, platform_db):
+    last = _append_as_previous_release(app)
+    platform_db.execute(update(AuditEvent).where(AuditEvent.seq == last).values(outcome="denied"))
+    platform_db.commit()
+    login(client, "yaodu.nurse")
+    result = verify()
+    assert result.exit_code == 1
+    assert f"TAMPERED at event {last}: chain head forged or moved (found by a later append)" in result.output
+    assert f"event {last}: event edited" in result.output

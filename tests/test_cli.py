@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
 from hie.platform.auth.models import User
 from hie.platform.cli import main
+from hie.platform.migrate import database_exists
 from hie.tenants.models import Institution, Tenant
 from tests.conftest import MYSQL_PREFIX, MYSQL_URL, PASSWORD, hie_environ, login
 
@@ -139,6 +142,39 @@ def test_db_upgrade_reports_a_broken_tenant_and_upgrades_the_rest(hie, app, plat
     assert "upgraded: platform, downtown" not in result.output
     for code in ("linfen", "quwo", "yaodu"):
         assert code in result.output.split("upgraded:")[1].splitlines()[0]
+
+
+def test_db_upgrade_reports_a_lost_tenant_database_and_does_not_recreate_it(hie, app, drop_tenant_db):
+    assert hie("tenants", "add", "xiangfen", "--name", "襄汾县").exit_code == 0
+    url = app.config["HIE"].tenant_db_url("xiangfen")
+    if MYSQL_URL:
+        from sqlalchemy import create_engine
+
+        server = create_engine(MYSQL_URL)
+        with server.begin() as conn:
+            conn.execute(text(f"DROP DATABASE `{MYSQL_PREFIX}xiangfen`"))
+        server.dispose()
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            Path(make_url(url).database + suffix).unlink(missing_ok=True)
+    assert not database_exists(url)
+    result = hie("db", "upgrade")
+    assert result.exit_code == 1
+    assert f"FAILED xiangfen: MissingDatabaseError: the database of tenant 'xiangfen' ({make_url(url).database}) " \
+           "does not exist" in result.output
+    assert not database_exists(url)
+    upgraded = result.output.split("upgraded:")[1].splitlines()[0]
+    assert "xiangfen" not in upgraded
+    for code in ("platform", "linfen", "quwo", "yaodu"):
+        assert code in upgraded
+
+
+def test_db_upgrade_does_not_create_a_missing_platform_database(hie, tmp_path):
+    url = f"{MYSQL_URL}/{MYSQL_PREFIX}gone" if MYSQL_URL else f"sqlite:///{tmp_path / 'gone.db'}"
+    result = hie("db", "upgrade", env={"HIE_HOME": str(tmp_path), "HIE_PLATFORM_DB_URL": url})
+    assert result.exit_code == 1
+    assert f"FAILED platform: the platform database ({make_url(url).database}) does not exist" in result.output
+    assert not database_exists(url)
 
 
 def test_malformed_configuration_stops_with_the_variable_named(hie):

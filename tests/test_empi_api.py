@@ -244,3 +244,28 @@ def test_swapped_day_and_month_is_reviewed_and_not_a_match_is_remembered(client,
     outcome, best = decide(platform_db, ring, record.person_id, set(), candidates, thresholds_for(platform_db, None))
     assert best is None or best.record.local_id != "P-1"
     assert platform_db.scalar(select(func.count()).select_from(ReviewItem)) == 1
+
+
+def test_updating_a_record_already_under_review_reports_review(client, as_user, platform_db, monkeypatch):
+    from hie.empi import services
+
+    outcomes = []
+    register = services.register
+
+    def spy(*args, **kwargs):
+        registration = register(*args, **kwargs)
+        outcomes.append(registration.outcome)
+        return registration
+
+    monkeypatch.setattr(services, "register", spy)
+    _register(client, as_user("yaodu.doctor"), "P-1", name="刘芳", birth_date="1990-02-03", id_number=None,
+              phone="13500000001", sex="F", address="尧都区屯里镇东关村5号")
+    second = _register(client, as_user("quwo.doctor"), "P-2", name="刘芳", birth_date="1990-03-02", id_number=None,
+                       phone=None, sex="F", address=None)
+    assert outcomes == ["new_person", "review"]
+    url = f"/api/v1/patients/{second['id']}"
+    for name in ("劉芳", "刘芳"):  # the same name written two ways: a new fingerprint, the same match
+        updated = client.patch(url, json={"name": name}, headers=as_user("quwo.doctor"))
+        assert updated.status_code == 200
+    assert outcomes[2:] == ["updated_review", "updated_review"]
+    assert platform_db.scalar(select(func.count()).select_from(ReviewItem)) == 1

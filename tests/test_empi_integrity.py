@@ -175,3 +175,15 @@ def test_a_stale_answer_cached_before_commit_is_dropped_by_the_after_commit_hand
         assert cache.get(local_cache_key(institution_id, "B-1")) is None
     xref = client.get("/api/v1/empi/xref?local_id=B-1", headers=as_user("quwo.doctor")).get_json()
     assert xref["master_person_id"] == a["master_person_id"]
+
+
+def test_rebuild_does_not_count_a_review_already_queued(client, as_user, app):
+    new_patient(client, as_user("yaodu.doctor"), "P-1", name="刘芳", birth_date="1990-02-03", id_number=None,
+                phone="13500000001", sex="F", address="尧都区屯里镇东关村5号")
+    new_patient(client, as_user("quwo.doctor"), "P-2", name="刘芳", birth_date="1990-03-02", id_number=None,
+                phone=None, sex="F", address=None)
+    assert len(client.get("/api/v1/empi/reviews", headers=as_user("steward")).get_json()) == 1
+    with app.app_context():
+        counts = rebuild(False, progress=lambda done, total: None)
+    assert counts["linked"] == 0 and counts["queued"] == 0
+    assert len(client.get("/api/v1/empi/reviews", headers=as_user("steward")).get_json()) == 1

@@ -157,3 +157,25 @@ def test_rotation_reaches_fhir_versions_and_the_empi_and_everything_still_reads(
     assert first.status_code == 200 and first.get_json()["gender"] == "female"
     found = client.get("/api/v1/empi/persons?name=王秀英&birth_date=1958-03-12&sex=F", headers=yaodu)
     assert found.status_code == 200 and found.get_json(), found.get_json()
+
+
+def test_rotation_reads_a_table_once_for_all_its_sealed_columns(client, app, as_user):
+    from sqlalchemy import event
+
+    from hie.platform.keys import reencrypt
+
+    headers = as_user("yaodu.doctor")
+    for i in range(3):
+        new_patient(client, headers, mrn=f"P-{i}", phone=f"1393571234{i}")
+    engine, reads = shard_engine(app, "yaodu"), []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM patients" in statement:
+            reads.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        reencrypt(engine, app.extensions["hie.keyring"], "yaodu", batch=2)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(reads) == 3  # batches of 2 and 1, then the empty one that ends the pass

@@ -8,7 +8,7 @@ from sqlalchemy import func, select, text
 from hie.platform import care
 from hie.platform.db import session_scope
 from hie.tenants.models import Institution
-from tests.conftest import shard_engine
+from tests.conftest import add_resident, shard_engine
 from tests.fhir_helpers import ID_WANG, LOINC, clinical, create, patient
 
 TYPES = ("Encounter", "Condition", "Observation", "DiagnosticReport", "MedicationRequest", "Procedure",
@@ -195,14 +195,11 @@ def test_write_invalidates_the_cached_everything(client, as_user):
 
 
 def test_resident_sees_only_their_own_everything(client, app, as_user):
-    from hie.platform.auth import accounts
-    from hie.platform.auth.models import Role
-    from tests.conftest import PASSWORD, login
+    from tests.conftest import login
 
     yaodu, quwo = _same_person_in_two_tenants(client, as_user)
     stranger = create(client, as_user("yaodu.doctor"), patient(name="李四", id_number=None, phone="13700000000"))
-    with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
-        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-CH", PASSWORD, patient_id=yaodu["id"])
+    add_resident(app, "YAODU-CH", yaodu["id"])
     headers = login(client, "resident.wang")
     mine = client.get(f"/fhir/Patient/{yaodu['id']}/$everything", headers=headers).get_json()
     assert mine["total"] == 4

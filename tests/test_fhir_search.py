@@ -17,11 +17,9 @@ from hie.exchange.outcome import FhirError
 from hie.exchange.search_params import parse
 from hie.platform import care
 from hie.platform.audit.models import AuditEvent
-from hie.platform.auth import accounts
-from hie.platform.auth.models import Role
 from hie.platform.db import session_scope, utcnow
 from hie.tenants.models import Institution
-from tests.conftest import PASSWORD, TENANTS, login, new_patient, shard_engine
+from tests.conftest import TENANTS, add_resident, login, new_patient, shard_engine
 
 LOINC = "http://loinc.org"
 GLUCOSE, HBA1C, HEART_RATE = "2345-7", "4548-4", "8867-4"
@@ -315,8 +313,7 @@ def test_resident_finds_only_their_own_records(client, app, as_user, platform_db
     other = new_patient(client, as_user("yaodu.doctor"), mrn="MRN-2", name="李四", sex="M", birth_date="1990-01-01",
                         id_number=None, phone="13700000000", address=None)
     _observation(client, as_user("yaodu.doctor"), other["id"])
-    with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
-        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-CH", PASSWORD, patient_id=wang["id"])
+    add_resident(app, "YAODU-CH", wang["id"])
     headers = login(client, "resident.wang")
     assert _search(client, headers, f"Observation?code={GLUCOSE}")["total"] == 2
     assert _search(client, headers, f"Observation?patient={wang['id']}")["total"] == 4

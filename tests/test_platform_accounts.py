@@ -7,11 +7,14 @@ import uuid
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hie.platform.audit.models import AuditEvent
+from hie.platform.auth import accounts
 from hie.platform.auth.models import Role, User
 from hie.platform.cli import main
-from tests.conftest import PASSWORD, hie_environ, login, new_patient
+from hie.platform.db import session_scope
+from tests.conftest import PASSWORD, hie_environ, login, new_patient, shard_engine
 
 STAFF = {"password": "Strong-pass-123", "institution_code": "YAODU-CH"}
 
@@ -167,3 +170,24 @@ def test_cli_resident_patient_must_belong_to_the_institution(hie, client, as_use
     ok = hie("users", "add", "cli.resident", "--role", "resident", "--institution", "YAODU-CH",
              "--password-stdin", "--patient-id", own["id"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_resident_record_is_checked_in_the_shard_session_the_caller_gives(app, client, as_user):
+    patient = new_patient(client, as_user("yaodu.doctor"))
+    with session_scope(app.extensions["hie.engines"].platform) as session, \
+            Session(shard_engine(app, "quwo")) as wrong_shard, \
+            pytest.raises(accounts.AccountError, match="is not a patient record of institution YAODU-CH"):
+        accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-CH", PASSWORD,
+                          patient_id=patient["id"], shard=wrong_shard)
+    with session_scope(app.extensions["hie.engines"].platform) as session, \
+            Session(shard_engine(app, "yaodu")) as shard:
+        user = accounts.add_user(session, "resident.wang", [Role.resident], "YAODU-CH", PASSWORD,
+                                 patient_id=patient["id"], shard=shard)
+        assert user.roles == {Role.resident}
+
+
+def test_parse_roles_is_the_one_check():
+    assert accounts.parse_roles(["nurse", "clinician", "nurse"]) == [Role.nurse, Role.clinician]
+    for raw, message in (([], "at least one role"), (["wizard"], "'wizard' is not one of")):
+        with pytest.raises(accounts.AccountError, match=message):
+            accounts.parse_roles(raw)

@@ -210,18 +210,59 @@ def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_
     assert events and all(e.username == "quwo.doctor" and e.outcome in ("not_found", "denied") for e in events)
 
 
-@pytest.mark.parametrize("query", [
-    "/api/v1/patients?tenant=yaodu", "/api/v1/patients?mrn=ISO-1", "/fhir/Patient?tenant=yaodu",
-    "/fhir/Patient?_id={fhir_patient}", "/fhir/Observation?patient={fhir_patient}",
-    "/fhir/Observation?subject=Patient/{fhir_patient}", "/fhir/Condition?patient={local}",
-    "/api/v1/empi/xref?local_id=ISO-1&tenant=yaodu",
+_RESIDENT_ID = valid_id("14100219580312002")  # new_patient()'s resident ID; born 1958-03-12 like the FHIR Patient
+
+
+def _found(body: object) -> int:
+    """How many records a list, a FHIR Bundle or an EMPI cross-reference answer holds."""
+    if isinstance(body, list):
+        return len(body)
+    assert isinstance(body, dict), body
+    return len(body["identifiers"]) if "identifiers" in body else body["total"]
+
+
+# (query, quwo's status, what yaodu's own clinician finds: None when the query is refused for everyone)
+@pytest.mark.parametrize(("query", "status", "own"), [
+    ("/api/v1/patients?tenant=yaodu", 200, 2),
+    ("/api/v1/patients?mrn=ISO-1", 200, 1),
+    ("/fhir/Patient?tenant=yaodu", 400, None),
+    ("/fhir/Patient?_id={fhir_patient}", 400, None),
+    ("/fhir/Patient?identifier=" + _RESIDENT_ID, 200, 1),
+    ("/fhir/Patient?identifier=urn:hie:id:CN-RIC|" + _RESIDENT_ID, 200, 1),
+    ("/fhir/Patient?birthdate=1958-03-12", 200, 2),
+    ("/fhir/Observation?patient={fhir_patient}", 404, 1),
+    ("/fhir/Observation?subject=Patient/{fhir_patient}", 404, 1),
+    ("/fhir/Condition?patient={fhir_patient}", 404, 1),
+    ("/fhir/Condition?patient={local}", 404, 0),
+    ("/api/v1/empi/xref?local_id=ISO-1&tenant=yaodu", 404, 1),
 ])
-def test_searches_with_other_tenants_ids_or_tenant_parameters_find_nothing(app, yaodu_data, query):
-    ids, quwo, _resources, _doctor = yaodu_data
+def test_searches_with_other_tenants_ids_or_tenant_parameters_find_nothing(app, yaodu_data, query, status, own):
+    ids, quwo, _resources, doctor = yaodu_data
+    url = query.format(**ids)
     with app.test_client() as client:
-        response = client.get(query.format(**ids), headers={**quwo, "X-Tenant": "yaodu", "X-Tenant-Code": "yaodu"})
+        response = client.get(url, headers={**quwo, "X-Tenant": "yaodu", "X-Tenant-Code": "yaodu"})
+        mine = client.get(url, headers=doctor)
     body = response.get_json()
-    assert response.status_code in (200, 400, 404), body
-    if response.status_code == 200:
-        assert body == [] if isinstance(body, list) else (body["total"] == 0 and not body.get("entry")), body
+    assert response.status_code == status, body
+    if status == 200:
+        assert _found(body) == 0 and not (isinstance(body, dict) and body.get("entry")), body
     assert "赵六" not in response.get_data(as_text=True) and "王秀英" not in response.get_data(as_text=True)
+    if own is None:
+        assert mine.status_code == 400 and "Unknown search parameter" in mine.get_data(as_text=True)
+    else:
+        assert mine.status_code == 200 and _found(mine.get_json()) == own, mine.get_json()
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_tenant_admin_cannot_see_or_change_another_tenants_account(client, as_user, platform_db, method):
+    yaodu_doctor = platform_db.scalar(select(User).where(User.username == "yaodu.doctor"))
+    before = (yaodu_doctor.active, sorted(role.value for role in yaodu_doctor.roles))
+    body = {"active": False, "roles": ["clinician"]} if method == "PATCH" else None
+    response = client.open(f"/api/v1/users/{yaodu_doctor.id}", method=method, json=body,
+                           headers=as_user("quwo.admin"))
+    assert response.status_code == 404, response.get_json()
+    assert "yaodu.doctor" not in response.get_data(as_text=True)
+    platform_db.expire_all()
+    assert (yaodu_doctor.active, sorted(role.value for role in yaodu_doctor.roles)) == before
+    own = client.open(f"/api/v1/users/{yaodu_doctor.id}", method="GET", headers=as_user("yaodu.admin"))
+    assert own.status_code == 200 and own.get_json()["username"] == "yaodu.doctor"

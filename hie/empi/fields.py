@@ -18,7 +18,7 @@ _DATE_PATTERNS = (
 # A time of day after the date, as exported by hospital systems: "1958-3-12 00:00:00", "1958-03-12T00:00".
 _TIME_SUFFIX = re.compile(r"(?:[T\s]+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?$")
 ID_NOISE = re.compile(r"[\s\-]")
-_ID18 = re.compile(r"^\d{17}[\dX]$")
+ID18 = re.compile(r"\d{17}[\dX]")  # a well-formed 18-character resident ID; use fullmatch
 _SEX_UNKNOWN = frozenset({"U", "UNKNOWN", "未知", "不详", "0", "9", "O"})
 
 
@@ -58,7 +58,7 @@ def _parse_resident_id(raw: str, today: dt.date) -> ResidentId | None:
         body = number[:6] + "19" + number[6:]
         number = body + check_digit(body)
         upgraded = True
-    if not _ID18.match(number):
+    if not ID18.fullmatch(number):
         return ResidentId(number=number, valid=False)
     birth = _safe_date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     plausible = birth is not None and dt.date(1880, 1, 1) <= birth <= today and number[0] in "12345678"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from hie.empi.fields import ID18
 from hie.empi.normalize import normalize_phone, parse_date, parse_resident_id
 
 GRADES = ("certain", "probable", "possible")
-_ID18 = re.compile(r"\d{17}[\dX]")
 
 
 class LocalRecordRefSchema(Schema):
@@ -57,7 +55,7 @@ class DemographicQuerySchema(Schema):
     @validates("id_number")
     def _id_number(self, value: str, **_: object) -> None:
         parsed = parse_resident_id(value)
-        if parsed is None or not _ID18.fullmatch(parsed.number):
+        if parsed is None or not ID18.fullmatch(parsed.number):
             raise ValidationError("not a resident ID number (15 or 18 digits, the last may be X)")
 
 

@@ -180,6 +180,12 @@ def decide(session: Session, ring: KeyRing, person_id: str | None, own_ids: set[
     return Outcome.NEW_PERSON, None
 
 
+def _add_review(session: Session, record_id: str, best: Candidate) -> None:
+    """Put a possible match before a steward; a record created in this transaction can have no review yet."""
+    session.add(ReviewItem(record_id=record_id, candidate_id=best.record.id, weight=best.weight,
+                           levels=best.levels, veto=best.veto, created_at=utcnow()))
+
+
 def queue_review(session: Session, record_id: str, best: Candidate) -> bool:
     """Put a possible match before a steward unless the pair was already put there; True when queued."""
     known = session.scalar(select(ReviewItem.id).where(
@@ -187,26 +193,29 @@ def queue_review(session: Session, record_id: str, best: Candidate) -> bool:
         | ((ReviewItem.record_id == best.record.id) & (ReviewItem.candidate_id == record_id))).limit(1))
     if known is not None:
         return False
-    session.add(ReviewItem(record_id=record_id, candidate_id=best.record.id, weight=best.weight,
-                           levels=best.levels, veto=best.veto, created_at=utcnow()))
+    _add_review(session, record_id, best)
     return True
 
 
 def rematch(session: Session, ring: KeyRing, cache: Cache, record: PersonRecord, normalized: NormalizedRecord,
             hashes: list[str], thresholds: Thresholds, *, whole_person: bool, user_id: int | None = None,
-            reason: str = "rebuild_link") -> Outcome:
-    """Match an indexed record against other persons: link (a steward can unmerge) or queue for review."""
+            reason: str = "rebuild_link") -> tuple[Outcome, bool]:
+    """Match an indexed record against other persons: link (a steward can unmerge) or queue for review.
+
+    Returns the outcome and whether it changed anything: a pair already before a steward is still REVIEW,
+    but nothing new was queued.
+    """
     own = survivor(session, record.person_id)
     candidates = find_candidates(session, ring, normalized, hashes, current_model(session), exclude=record.id)
     own_ids = resident_ids(session, ring, [own], {record.id: normalized})[own]
     outcome, best = decide(session, ring, own, own_ids, candidates, thresholds)
     if best is None or outcome is Outcome.NEW_PERSON:
-        return Outcome.NEW_PERSON
+        return Outcome.NEW_PERSON, False
     alone = session.scalar(select(func.count()).where(PersonRecord.person_id == own)) == 1
     if outcome is Outcome.AUTO_LINK and (whole_person or alone):
         stewardship.merge(session, ring, cache, own, survivor(session, best.person_id), user_id, reason)
-        return Outcome.AUTO_LINK
-    return Outcome.REVIEW if queue_review(session, record.id, best) else Outcome.NEW_PERSON
+        return Outcome.AUTO_LINK, True
+    return Outcome.REVIEW, queue_review(session, record.id, best)
 
 
 def register(
@@ -234,8 +243,8 @@ def register(
     if existing is not None:
         store_keys(session, record.id, hashes)
         session.flush()
-        outcome = rematch(session, ring, cache, record, normalized, hashes, thresholds, whole_person=False,
-                          user_id=user_id, reason="update_link")
+        outcome, _ = rematch(session, ring, cache, record, normalized, hashes, thresholds, whole_person=False,
+                             user_id=user_id, reason="update_link")
         return Registration(record, survivor(session, record.person_id), f"updated_{outcome.value}",
                             record.match_weight, True)
     candidates = find_candidates(session, ring, normalized, hashes, current_model(session))
@@ -251,7 +260,7 @@ def register(
     session.flush()
     _add_keys(session, record.id, hashes)
     if outcome is Outcome.REVIEW and best is not None:
-        queue_review(session, record.id, best)
+        _add_review(session, record.id, best)
     session.add(PersonEvent(action="link" if outcome is Outcome.AUTO_LINK else "create", person_id=person_id,
                             record_ids=[record.id], detail={"outcome": outcome.value,
                                                             "weight": record.match_weight},

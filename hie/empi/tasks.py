@@ -54,10 +54,11 @@ def _rematch(session: Session, record: PersonRecord, counts: dict[str, int]) -> 
     hashes = services.key_hashes(ring, normalized)
     services.store_keys(session, record.id, hashes)
     thresholds = services.thresholds_for(session, _region_of(session, record.institution_id))
-    outcome = services.rematch(session, ring, cache, record, normalized, hashes, thresholds, whole_person=True)
+    outcome, fresh = services.rematch(session, ring, cache, record, normalized, hashes, thresholds,
+                                      whole_person=True)
     if outcome is Outcome.AUTO_LINK:
         counts["linked"] += 1
-    elif outcome is Outcome.REVIEW:
+    elif outcome is Outcome.REVIEW and fresh:
         counts["queued"] += 1
 
 

@@ -15,8 +15,8 @@ class FhirResource(TenantBase):
 
     __tablename__ = "fhir_resources"
     __table_args__ = (
-        # institution_id makes a search's visibility check and COUNT index-only (no row read per candidate).
-        Index("ix_fhir_resources_patient", "patient_id", "resource_type", "date", "institution_id"),
+        # institution_id and last_updated make a search by patient index-only: visibility, count and sort keys.
+        Index("ix_fhir_resources_patient", "patient_id", "resource_type", "date", "institution_id", "last_updated"),
         Index("ix_fhir_resources_type_updated", "resource_type", "last_updated"),
     )
 

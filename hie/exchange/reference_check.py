@@ -20,13 +20,13 @@ def _target(reference: str) -> tuple[str, str] | None:
 
 
 def _same_person(tenant_code: str, patient_ref: str | None, other_tenant: str, other_ref: str | None,
-                 person_id: str | None) -> bool:
+                 person_id: str | None, other_person: str | None) -> bool:
     """Whether a referenced record is about the submitted resource's patient (or the same master person)."""
     if other_ref is None:
         return False
     if (other_tenant, other_ref) == (tenant_code, patient_ref):
         return True
-    return person_id is not None and store.person_of(other_tenant, other_ref) == person_id
+    return person_id is not None and other_person == person_id
 
 
 def check_references(identity: Identity, resource: dict[str, Any], path: str, person_id: str | None,
@@ -47,9 +47,10 @@ def check_references(identity: Identity, resource: dict[str, Any], path: str, pe
                 raise FhirError(422, "processing", f"{key} in this Bundle is about another patient.", [where])
             continue
         found = store.locate_row(kind, target_id)
-        if found is None or store.basis_for(identity, found[0], found[1]) is None:
+        target_person = store.person_of(found[0], found[1].patient_id) if found else None
+        if found is None or store.basis_for(identity, found[0], found[1], person_id=target_person) is None:
             what = "is not a patient you may see" if kind == "Patient" else "does not exist or is not visible to you"
             raise FhirError(422, "processing", f"{key} {what}.", [where])
         if kind != "Patient" and resource["resourceType"] != "Patient" and not _same_person(
-                identity.tenant_code, patient_ref, found[0], found[1].patient_id, person_id):
+                identity.tenant_code, patient_ref, found[0], found[1].patient_id, person_id, target_person):
             raise FhirError(422, "processing", f"{key} is about another patient.", [where])

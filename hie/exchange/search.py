@@ -23,6 +23,7 @@ from hie.platform.db import shard_session
 Scope = tuple[str, list[str] | None]  # a shard, and the patient ids to restrict to (None: the whole shard)
 Found = tuple[str, FhirResource]  # a row and the shard it came from
 _NULL_DATE = datetime.min.replace(tzinfo=UTC)
+SMALL_MATCHES = 1000  # a patient's matches up to this many are counted and sorted here, from one query per shard
 
 
 def token_condition(resource_type: str, token: TokenFilter, id_column: Any = FhirResource.id) -> ColumnElement[bool]:
@@ -186,9 +187,32 @@ def _links(base: str, resource_type: str, params: SearchParams, total: int) -> l
     return links
 
 
+def _patient_keys(identity: Identity, resource_type: str, params: SearchParams,
+                  scopes: list[Scope]) -> list[tuple[datetime | None, str, str]] | None:
+    """Every visible match's sort key, when the search is by patient and each shard has at most SMALL_MATCHES:
+    one index-only query per shard (no COUNT, no filesort), sorted here; None when a shard has more."""
+    if any(patient_ids is None for _, patient_ids in scopes):
+        return None
+    column, _ = _order(params)
+    keyed: list[tuple[datetime | None, str, str]] = []
+    for tenant, patient_ids in scopes:
+        where = conditions(resource_type, params, patient_ids, store.visible_condition(identity, tenant))
+        found = shard_session(tenant).execute(select(column, FhirResource.id).where(*where).limit(SMALL_MATCHES + 1))
+        keys = [(value, tenant, resource_id) for value, resource_id in found]
+        if len(keys) > SMALL_MATCHES:
+            return None
+        keyed += keys
+    keyed.sort(key=lambda key: _sort_key(*key), reverse=params.descending)
+    return keyed
+
+
 def _matches(identity: Identity, resource_type: str, params: SearchParams,
              scopes: list[Scope]) -> tuple[list[Found], int]:
     """One page of visible matches over the scopes (one COUNT per shard, a page query where it found any), total."""
+    keyed = _patient_keys(identity, resource_type, params, scopes)
+    if keyed is not None:
+        window = keyed[params.offset:params.offset + params.count]
+        return load(resource_type, [(tenant, resource_id) for _, tenant, resource_id in window]), len(keyed)
     shards, total = [], 0
     for tenant, patient_ids in scopes:
         where = conditions(resource_type, params, patient_ids, store.visible_condition(identity, tenant))

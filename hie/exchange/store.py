@@ -8,16 +8,18 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from flask import g
 from pydantic_core import from_json
 from sqlalchemy import ColumnElement, delete, false, or_, select
 from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
 from hie.empi.models import MasterPerson, PersonRecord
+from hie.exchange import registry
 from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
 from hie.exchange.outcome import FhirError
 from hie.exchange.reference_check import check_references
-from hie.exchange.resources import MRN_SYSTEM_PREFIX, RESIDENT_ID_SYSTEM, WRITABLE, index_entry, validate
+from hie.exchange.resources import MRN_SYSTEM_PREFIX, PATIENT_FIELD, RESIDENT_ID_SYSTEM, WRITABLE, index_entry, validate
 from hie.patients import services as patients
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import unseal
@@ -26,7 +28,6 @@ from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
 from hie.platform.crypto import keyring
 from hie.platform.db import platform_session, shard_session, utcnow
-from hie.platform.jobs.services import emit
 from hie.platform.keys import SealedColumn, register_sealed_column
 from hie.tenants.models import Institution, Tenant
 
@@ -71,19 +72,32 @@ def _content(tenant_code: str, resource: dict[str, Any], version: int) -> tuple[
     return keyring().encrypt(text, _aad(tenant_code, "Patient", resource["id"], version)), True
 
 
-def to_resource(row: FhirResource | FhirResourceVersion, tenant_code: str) -> dict[str, Any]:
-    """The stored JSON, unsealed when it is a Patient."""
-    text = row.content
+def resource_json(row: FhirResource | FhirResourceVersion, tenant_code: str) -> str:
+    """The stored JSON text, unsealed when it is a Patient."""
     if row.sealed:
-        text = keyring().decrypt(text, _aad(tenant_code, row.resource_type, row.id, row.version))
-    return from_json(text)
+        return keyring().decrypt(row.content, _aad(tenant_code, row.resource_type, row.id, row.version))
+    return row.content
+
+
+def to_resource(row: FhirResource | FhirResourceVersion, tenant_code: str) -> dict[str, Any]:
+    """The stored resource, unsealed when it is a Patient."""
+    return from_json(resource_json(row, tenant_code))
 
 
 def person_of(tenant_code: str, patient_id: str | None) -> str | None:
-    """The master person of a shard-local Patient id."""
+    """The master person of a shard-local Patient id, looked up once per request (a Bundle asks per entry)."""
     if patient_id is None:
         return None
-    return empi.person_of_patient(platform_session(), tenant_code, patient_id)
+    known = g.setdefault("hie_persons", {})
+    if (tenant_code, patient_id) not in known:
+        known[(tenant_code, patient_id)] = empi.person_of_patient(platform_session(), tenant_code, patient_id)
+    return known[(tenant_code, patient_id)]
+
+
+def _patients_changed() -> None:
+    """A Patient was stored or registered: EMPI links and subject checks remembered by this request are dropped."""
+    g.pop("hie_persons", None)
+    g.pop("hie_subjects", None)
 
 
 def basis_for(identity: Identity, tenant_code: str, row: FhirResource, write: bool = False,
@@ -135,42 +149,23 @@ class PatientScope:
     stamp: str = ""
 
 
-def _patient_institution(tenant_code: str, patient_id: str) -> int | None:
-    """The institution holding a Patient, without unsealing it: every stored Patient is also in the register."""
-    session = shard_session(tenant_code)
-    institution_id = session.scalar(select(Patient.institution_id).where(Patient.id == patient_id))
-    if institution_id is None:
-        institution_id = session.scalar(select(FhirResource.institution_id).where(
-            FhirResource.resource_type == "Patient", FhirResource.id == patient_id))
-    return institution_id
-
-
-def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, MasterPerson | None]:
-    """Shard and surviving master person of a Patient id (tenant_of and person_of together)."""
-    found = platform.execute(select(PersonRecord.tenant_code, MasterPerson)
+def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, int | None, MasterPerson | None]:
+    """Shard, holding institution and surviving master person of a Patient id (every stored Patient is in the
+    register, and every register record in the EMPI, so one platform query answers all three)."""
+    found = platform.execute(select(PersonRecord.tenant_code, PersonRecord.institution_id, MasterPerson)
                              .join(MasterPerson, MasterPerson.id == PersonRecord.person_id)
                              .where(PersonRecord.patient_id == patient_id).limit(1)).first()
     if found is None:
-        return None, None
-    tenant_code, person = found
+        return None, None, None
+    tenant_code, institution_id, person = found
     if person.merged_into is not None:
         person = platform.get(MasterPerson, empi.survivor(platform, person.id))
-    return tenant_code, person
-
-
-def merged_cluster(platform: Session, person_id: str) -> list[str]:
-    """The person and everyone merged into it, directly or through others (one query when nobody was)."""
-    found, frontier = {person_id}, [person_id]
-    while frontier:
-        frontier = [p for p in platform.scalars(select(MasterPerson.id).where(MasterPerson.merged_into.in_(frontier)))
-                    if p not in found]
-        found.update(frontier)
-    return sorted(found)
+    return tenant_code, institution_id, person
 
 
 def _person_shards(platform: Session, person: MasterPerson) -> tuple[list[tuple[str, list[str]]], str]:
     """The shards the registry names for the person or anyone merged into it, its local ids there, and the stamp."""
-    cluster = merged_cluster(platform, person.id)
+    cluster = registry.merged_cluster(platform, person.id)
     shards: dict[str, list[str]] = {}
     stamp = {f"{person.id}@{person.updated_at.isoformat()}", *cluster}
     for shard, local_id, located, updated in platform.execute(
@@ -189,9 +184,8 @@ def _person_shards(platform: Session, person: MasterPerson) -> tuple[list[tuple[
 def locate_patient(identity: Identity, patient_id: str, reason: str | None = None) -> PatientScope:
     """The Patient's shard, master person and the person's shards, following merges (404 if not visible)."""
     platform = platform_session()
-    tenant_code, person = _patient_person(platform, patient_id)
+    tenant_code, institution_id, person = _patient_person(platform, patient_id)
     person_id = person.id if person is not None else None
-    institution_id = _patient_institution(tenant_code, patient_id) if tenant_code else None
     basis = access.patient_basis(
         platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
         False, reason) if institution_id is not None and tenant_code is not None else None
@@ -271,16 +265,18 @@ def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> s
     if resource["resourceType"] == "Patient":
         return None
     patient_ref = index_entry(resource).patient_ref
-    field = "patient" if resource["resourceType"] in ("AllergyIntolerance", "Immunization") else "subject"
-    where = [f"{path or resource['resourceType']}.{field}"]
+    where = [f"{path or resource['resourceType']}.{PATIENT_FIELD.get(resource['resourceType'], 'subject')}"]
     if patient_ref is None:
         raise FhirError(400, "required", f"{resource['resourceType']} must reference a Patient.", where)
-    row = stored_or_registered(identity.tenant_code, "Patient", patient_ref)
-    person_id = person_of(identity.tenant_code, patient_ref) if row is not None else None
-    if row is None or basis_for(identity, identity.tenant_code, row, person_id=person_id) is None:
-        raise FhirError(422, "processing", f"Patient/{patient_ref} is not a patient of your tenant you may see.",
-                        where)
-    return person_id
+    checked = g.setdefault("hie_subjects", {})  # a Bundle's entries mostly share one subject: checked once
+    if patient_ref not in checked:
+        row = stored_or_registered(identity.tenant_code, "Patient", patient_ref)
+        person_id = person_of(identity.tenant_code, patient_ref) if row is not None else None
+        if row is None or basis_for(identity, identity.tenant_code, row, person_id=person_id) is None:
+            raise FhirError(422, "processing", f"Patient/{patient_ref} is not a patient of your tenant you may see.",
+                            where)
+        checked[patient_ref] = person_id
+    return checked[patient_ref]
 
 
 def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[str, Any]:
@@ -301,16 +297,10 @@ def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[
 
 
 def _record_location(tenant_code: str, patient_id: str | None, person_id: str | None = None) -> None:
+    """The registry names this shard for the record's person, and the person's stamp moves."""
     person_id = person_id or person_of(tenant_code, patient_id)
-    if person_id is None:
-        return
-    platform = platform_session()
-    location = platform.get(RecordLocation, (person_id, tenant_code))
-    if location is None:
-        platform.add(RecordLocation(master_person_id=person_id, tenant_code=tenant_code, last_updated=utcnow()))
-    else:
-        location.last_updated = utcnow()
-    platform.flush()
+    if person_id is not None:
+        registry.locate(tenant_code, person_id)
 
 
 def _meta(resource: dict[str, Any], version: int) -> None:
@@ -327,6 +317,7 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "",
     person_id = _check_subject(identity, resource, path)
     check_references(identity, resource, path, person_id, bundled)
     if resource["resourceType"] == "Patient":
+        _patients_changed()
         try:
             patients.register(identity, _patient_demographics(resource, identity), patient_id=resource_id)
         except ValueError as exc:
@@ -340,10 +331,7 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "",
     session.add(FhirResourceVersion(resource_type=row.resource_type, id=row.id, version=1,
                                     institution_id=row.institution_id, last_updated=row.last_updated,
                                     sealed=sealed, content=content))
-    session.flush()
-    _record_location(tenant_code, row.patient_id, person_id)
-    emit(session, tenant_code, "fhir.stored", {"tenant_code": tenant_code, "patient_id": row.patient_id,
-                                               "resource": f"{row.resource_type}/{row.id}"})
+    _record_location(tenant_code, row.patient_id, person_id)  # the rows are flushed together, at the next query
     audit.record("create", resource_type=row.resource_type, resource_id=row.id, purpose="treatment",
                  patient=audit.patient_ref(tenant_code, row.patient_id) if row.patient_id else None)
     return resource
@@ -404,6 +392,7 @@ def update(identity: Identity, resource_type: str, resource_id: str, body: Any, 
     if resource_type == "Patient":
         demographics = _patient_demographics(resource, identity)
         demographics.pop("mrn")
+        _patients_changed()
         try:
             patients.update(identity, resource_id, demographics, None)
         except ValueError as exc:
@@ -420,6 +409,4 @@ def update(identity: Identity, resource_type: str, resource_id: str, body: Any, 
                                     sealed=sealed, content=content))
     session.flush()
     _record_location(tenant_code, row.patient_id)
-    emit(session, tenant_code, "fhir.stored", {"tenant_code": tenant_code, "patient_id": row.patient_id,
-                                               "resource": f"{row.resource_type}/{row.id}"})
     return resource

@@ -1,4 +1,4 @@
-"""Outbox handlers: the record registry and the $everything cache follow EMPI merges, unmerges and writes."""
+"""Outbox handlers: the record registry and the $everything cache follow EMPI merges and unmerges."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hie.empi.models import PersonRecord
-from hie.empi.services import person_of_patient
 from hie.exchange.models import RecordLocation
-from hie.exchange.store import everything_cache_key, merged_cluster
+from hie.exchange.registry import merged_cluster
+from hie.exchange.store import everything_cache_key
 from hie.platform.db import utcnow
 from hie.platform.jobs.services import handles
 
@@ -52,11 +52,3 @@ def follow_unmerge(session: Session, payload: dict) -> None:
         _locate(session, restored, tenant_code)
     session.flush()
     _forget(restored, survivor)
-
-
-@handles("fhir.stored")
-@handles("patient.updated")
-def forget_changed(session: Session, payload: dict) -> None:
-    """A committed write for a patient: its person's cached summary goes (the request already moved the stamp)."""
-    if payload.get("patient_id"):
-        _forget(person_of_patient(session, payload["tenant_code"], payload["patient_id"]))

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
 from hie.empi.models import PersonRecord
+from hie.exchange import registry
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import seal, search_index, unseal
 from hie.platform import access, care
@@ -107,7 +108,7 @@ def register(identity: Identity, data: dict[str, Any], patient_id: str | None = 
         session.rollback()
         audit.record("create", "failure", resource_type=RESOURCE, detail="duplicate medical record number")
         abort(409, message=f"Medical record number {values['mrn']!r} is already registered here.")
-    _register_with_empi(identity, patient, values)
+    registry.touch(identity.tenant_code, _register_with_empi(identity, patient, values))  # a new local id there
     emit(session, identity.tenant_code, "patient.registered",
          {"tenant_code": identity.tenant_code, "patient_id": patient.id,
           "institution_id": identity.institution_id})
@@ -146,7 +147,7 @@ def read(identity: Identity, patient_id: str, break_glass_reason: str | None) ->
 
 def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_match: int | None) -> dict[str, Any]:
     """Change a record of the caller's own institution; a stale If-Match version is a 412."""
-    patient, basis, _ = _visible(identity, patient_id, write=True, reason=None)
+    patient, basis, person_before = _visible(identity, patient_id, write=True, reason=None)
     if if_match is not None and if_match != patient.version:
         abort(412, message=f"The record is at version {patient.version}, not {if_match}; reload it first.")
     values = _normalised(changes)
@@ -156,13 +157,11 @@ def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_matc
     for field in SEALED_FIELDS:
         if field in values:
             seal(keyring(), identity.tenant_code, patient, field, values[field])
-    shard = shard_session(identity.tenant_code)
-    shard.flush()
-    emit(shard, identity.tenant_code, "patient.updated",
-         {"tenant_code": identity.tenant_code, "patient_id": patient.id, "institution_id": patient.institution_id})
+    shard_session(identity.tenant_code).flush()
     current = {field: unseal(keyring(), identity.tenant_code, patient, field) for field in SEALED_FIELDS}
     current["sex"] = patient.sex
-    _register_with_empi(identity, patient, current)
+    person_after = _register_with_empi(identity, patient, current)
+    registry.touch(identity.tenant_code, person_before, person_after)  # cached $everything summaries are stale now
     return view(identity, patient, basis)
 
 

@@ -73,8 +73,9 @@ def db_upgrade() -> None:
 
     app = make_app()
     with app.app_context():
-        report = upgrade_all(app.extensions["hie.engines"])
-        sign_unsigned_head(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"])
+        report = upgrade_all(app.extensions["hie.engines"], create_platform=False)
+        if "platform" not in report.failed:
+            sign_unsigned_head(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"])
     click.echo(f"upgraded: {', '.join(report.upgraded)}")
     _fail_on(report.failed)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Table, and_, select, true, tuple_, update
+from sqlalchemy import ColumnElement, Engine, Table, and_, or_, select, true, tuple_, update
 
 from hie.platform.crypto import KeyRing
 
@@ -59,23 +59,34 @@ def load_registry() -> list[SealedColumn]:
     return SEALED_COLUMNS
 
 
-def _reencrypt_column(engine: Engine, ring: KeyRing, sealed: SealedColumn, tenant_code: str, batch: int) -> int:
-    table, column = sealed.table, sealed.table.c[sealed.column]
+def _sealed_in(row: Mapping[str, Any], sealed: SealedColumn) -> bool:
+    return sealed.sealed_flag is None or bool(row[sealed.sealed_flag])
+
+
+def _reencrypt_table(engine: Engine, ring: KeyRing, table: Table, columns: list[SealedColumn], tenant_code: str,
+                     batch: int) -> int:
+    """One keyset pass over a table: each row's stale sealed columns re-encrypted, compare-and-set on all of them."""
     key = list(table.primary_key.columns)
-    flag: ColumnElement[bool] = table.c[sealed.sealed_flag].is_(True) if sealed.sealed_flag else true()
+    flags = [table.c[sealed.sealed_flag].is_(True) for sealed in columns if sealed.sealed_flag]
+    where: ColumnElement[bool] = or_(*flags) if len(flags) == len(columns) else true()
     active, changed, last = ring.active_kid, 0, None
     while True:
         after = tuple_(*key) > tuple_(*last) if last is not None else true()
         with engine.begin() as conn:
-            rows = conn.execute(select(table).where(flag, after).order_by(*key).limit(batch)).mappings().all()
+            rows = conn.execute(select(table).where(where, after).order_by(*key).limit(batch)).mappings().all()
             for row in rows:
-                old = row[column.name]
-                if old is None or ring.key_id_of(old) == active:
+                new: dict[str, str] = {}
+                for sealed in columns:
+                    old = row[sealed.column]
+                    if old is None or not _sealed_in(row, sealed) or ring.key_id_of(old) == active:
+                        continue
+                    aad = sealed.aad(tenant_code, row)
+                    new[sealed.column] = ring.encrypt(ring.decrypt(old, aad), aad)
+                if not new:
                     continue
-                aad = sealed.aad(tenant_code, row)
-                new = ring.encrypt(ring.decrypt(old, aad), aad)
-                match = and_(*(col == row[col.name] for col in key), column == old)
-                changed += conn.execute(update(table).where(match).values({column.name: new})).rowcount
+                match = and_(*(col == row[col.name] for col in key), *(table.c[name] == row[name] for name in new))
+                if conn.execute(update(table).where(match).values(new)).rowcount:
+                    changed += len(new)
         if not rows:
             return changed
         last = [rows[-1][col.name] for col in key]
@@ -84,7 +95,11 @@ def _reencrypt_column(engine: Engine, ring: KeyRing, sealed: SealedColumn, tenan
 def reencrypt(engine: Engine, ring: KeyRing, tenant_code: str | None, batch: int = 500) -> int:
     """Re-encrypt one shard's (tenant_code None: the platform's) values under the active key, compare-and-set."""
     platform = tenant_code is None
-    changed = sum(_reencrypt_column(engine, ring, sealed, tenant_code or "", batch)
-                  for sealed in load_registry() if sealed.platform == platform)
+    by_table: dict[Table, list[SealedColumn]] = {}
+    for sealed in load_registry():
+        if sealed.platform == platform:
+            by_table.setdefault(sealed.table, []).append(sealed)
+    changed = sum(_reencrypt_table(engine, ring, table, columns, tenant_code or "", batch)
+                  for table, columns in by_table.items())
     log.info("re-encrypted %s values in %s", changed, tenant_code or "the platform database")
     return changed

@@ -53,6 +53,16 @@ def check_at_head(tree: str, engine: Engine) -> None:
                            f"{', '.join(sorted(head_revisions(tree)))}; run `hie db upgrade`")
 
 
+def _server_engine(parsed: URL) -> Engine:
+    """An engine on the database server itself, for creating or looking up databases."""
+    name = parsed.database
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"database name {name!r} must be letters, digits and underscores")
+    server_url = URL.create(parsed.drivername, parsed.username, parsed.password, parsed.host, parsed.port,
+                            query=parsed.query)
+    return create_engine(server_url, connect_args={"connect_timeout": 5})
+
+
 def create_database(url: str) -> None:
     """Make the empty database a shard needs: CREATE DATABASE on MySQL, the (empty) file on SQLite."""
     parsed = make_url(url)
@@ -61,17 +71,26 @@ def create_database(url: str) -> None:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             sqlite3.connect(parsed.database).close()
         return
-    name = parsed.database
-    if not name or not name.replace("_", "").isalnum():
-        raise ValueError(f"database name {name!r} must be letters, digits and underscores")
-    server_url = URL.create(parsed.drivername, parsed.username, parsed.password, parsed.host, parsed.port,
-                            query=parsed.query)
-    server = create_engine(server_url, connect_args={"connect_timeout": 5})
+    server = _server_engine(parsed)
     try:
         with server.begin() as conn:
             conn.execute(text(
-                f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                f"CREATE DATABASE IF NOT EXISTS `{parsed.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
             ))
+    finally:
+        server.dispose()
+
+
+def database_exists(url: str) -> bool:
+    """Whether a database is there (the file on SQLite, the schema on MySQL), without creating it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return not parsed.database or parsed.database == ":memory:" or Path(parsed.database).is_file()
+    server = _server_engine(parsed)
+    try:
+        with server.connect() as conn:
+            return conn.scalar(text("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :name"),
+                               {"name": parsed.database}) > 0
     finally:
         server.dispose()
 

@@ -16,8 +16,9 @@ from hie.platform.audit import services as audit
 from hie.platform.auth import accounts
 from hie.platform.auth import services as auth_services
 from hie.platform.auth.decorators import login_required
+from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import Role, User
-from hie.platform.db import platform_session
+from hie.platform.db import platform_session, shard_session
 from hie.tenants import services
 from hie.tenants.models import Institution, Tenant
 from hie.tenants.schemas import (
@@ -128,7 +129,7 @@ class Users(MethodView):
             user = accounts.add_user(
                 session, body["username"], roles, body["institution_code"], body["password"],
                 body["display_name"], body["department"], body["title"], body["licence_number"],
-                body["patient_id"],
+                body["patient_id"], shard_session(institution.tenant.code) if body["patient_id"] else None,
             )
         except accounts.AccountError as exc:
             abort(422, message=str(exc))
@@ -142,16 +143,20 @@ class UserById(MethodView):
 
     decorators = [login_required]
 
+    @blp.response(200, UserOutSchema)
+    def get(self, user_id: int) -> dict[str, Any]:
+        """One account the administrator administers"""
+        user = _administered_user(require(Permission.user_manage), user_id, "read")
+        audit.record("read", resource_type="User", resource_id=str(user.id))
+        return _user_out(user)
+
     @blp.arguments(UserUpdateSchema)
     @blp.response(200, UserOutSchema)
     def patch(self, body: dict[str, Any], user_id: int) -> dict[str, Any]:
         """Disable or re-enable an account, or change its roles; its logins re-resolve at once"""
         identity = require(Permission.user_manage)
         session = platform_session()
-        user = session.get(User, user_id)
-        if user is None or not access.administers(identity, user.institution):
-            audit.record("update", outcome="not_found", resource_type="User", resource_id=str(user_id))
-            abort(404, message="No such account.")
+        user = _administered_user(identity, user_id, "update")
         if not body:
             abort(400, message="Send active and/or roles.")
         if not access.may_grant(identity, user.institution, frozenset(user.roles)):
@@ -166,6 +171,15 @@ class UserById(MethodView):
         auth_services.invalidate_user_sessions(session, user.id)
         audit.record("update", resource_type="User", resource_id=str(user.id))
         return _user_out(user)
+
+
+def _administered_user(identity: Identity, user_id: int, action: str) -> User:
+    """The account, if the caller administers its institution; otherwise 404, as if it did not exist."""
+    user = platform_session().get(User, user_id)
+    if user is None or not access.administers(identity, user.institution):
+        audit.record(action, outcome="not_found", resource_type="User", resource_id=str(user_id))
+        abort(404, message="No such account.")
+    return user
 
 
 def _user_out(user: User) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 
 import click
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from hie.platform.auth import accounts
 from hie.platform.db import session_scope
 from hie.tenants import services
-from hie.tenants.models import InstitutionLevel, InstitutionType, Tenant
+from hie.tenants.models import Institution, InstitutionLevel, InstitutionType, Tenant
 
 
 def _app():  # noqa: ANN202
@@ -110,9 +111,14 @@ def users_add(username: str, roles: tuple[str, ...], institution_code: str, pass
     app = _app()
     with app.app_context():
         try:
-            with session_scope(app.extensions["hie.engines"].platform) as session:
+            engines = app.extensions["hie.engines"]
+            with session_scope(engines.platform) as session, ExitStack() as stack:
+                institution = session.scalar(select(Institution).where(Institution.code == institution_code))
+                shard = None
+                if patient_id and institution is not None:
+                    shard = stack.enter_context(services.tenant_session(engines, institution.tenant))
                 accounts.add_user(session, username, accounts.parse_roles(list(roles)), institution_code,
-                                  password, display_name, department, title, licence_number, patient_id)
+                                  password, display_name, department, title, licence_number, patient_id, shard)
         except accounts.AccountError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"user {username} added")

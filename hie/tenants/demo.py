@@ -142,8 +142,9 @@ def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
             if session.scalar(select(User.id).where(User.username == username)) is None:
                 accounts.add_user(session, username, [role], institution_code, DEMO_PASSWORD, display)
         if patient_id is not None:
-            accounts.add_user(session, "yaodu.resident", [Role.resident], "YAODU-T1", DEMO_PASSWORD,
-                              patient_id=patient_id)
+            with services.tenant_session(engines, clinic.tenant) as shard:
+                accounts.add_user(session, "yaodu.resident", [Role.resident], "YAODU-T1", DEMO_PASSWORD,
+                                  patient_id=patient_id, shard=shard)
     load_demo_records(app, echo)
     echo(demo_logins())
 

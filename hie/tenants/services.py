@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from hie.platform.config import TENANT_CODE_RE, Config, ConfigError, validate_db_url
 from hie.platform.db import EngineRegistry, too_long
-from hie.platform.migrate import UpgradeReport, create_database, upgrade
+from hie.platform.migrate import UpgradeReport, create_database, database_exists, upgrade
 from hie.platform.standards import is_region_code
 from hie.tenants.models import Institution, InstitutionLevel, InstitutionType, Region, RegionLevel, Tenant
 
@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 class TenancyError(ValueError):
     """Bad input to a tenancy operation; the message is for the operator."""
+
+
+class MissingDatabaseError(RuntimeError):
+    """A recorded tenant's database is gone; upgrading must not recreate it empty."""
 
 
 def tenant_db_url(session: Session, tenant_code: str) -> str:
@@ -101,25 +105,45 @@ def add_tenant(
     return tenant
 
 
+def tenant_session(registry: EngineRegistry, tenant: Tenant) -> Session:
+    """A new Session on a tenant's shard, outside any request (commands, the demo)."""
+    return Session(registry.engine(resolved_url(registry.config, tenant)))
+
+
 def provision(registry: EngineRegistry, tenant: Tenant) -> None:
-    """Create the tenant's database and bring it to the newest tenant schema."""
+    """Create the tenant's database and bring it to the newest tenant schema (a new tenant only)."""
     url = resolved_url(registry.config, tenant)
     create_database(url)
     upgrade("tenant", registry.engine(url))
     log.info("provisioned tenant %s", tenant.code)
 
 
-def upgrade_all(registry: EngineRegistry) -> UpgradeReport:
-    """Platform first, then every tenant; a tenant that fails is reported and the rest go on."""
+def _upgrade_existing(registry: EngineRegistry, tenant: Tenant) -> None:
+    """Migrate a tenant's database; a missing one is an error, never silently recreated empty."""
+    url = resolved_url(registry.config, tenant)
+    if not database_exists(url):
+        raise MissingDatabaseError(f"the database of tenant {tenant.code!r} ({make_url(url).database}) does not "
+                                   "exist; restore it from a backup")
+    upgrade("tenant", registry.engine(url))
+
+
+def upgrade_all(registry: EngineRegistry, create_platform: bool = True) -> UpgradeReport:
+    """Platform first (created only for `hie init`), then every tenant; a missing or failing one is reported."""
     report = UpgradeReport()
-    create_database(registry.config.platform_db_url)
+    platform_url = registry.config.platform_db_url
+    if create_platform:
+        create_database(platform_url)
+    elif not database_exists(platform_url):
+        report.failed["platform"] = (f"the platform database ({make_url(platform_url).database}) does not exist; "
+                                     "`hie init` creates it on a new installation, else restore it from a backup")
+        return report
     upgrade("platform", registry.platform)
     report.upgraded.append("platform")
     with Session(registry.platform) as session:
         tenants = session.scalars(select(Tenant).order_by(Tenant.code)).all()
     for tenant in tenants:
         try:
-            provision(registry, tenant)
+            _upgrade_existing(registry, tenant)
             report.upgraded.append(tenant.code)
         except Exception as exc:
             log.error("tenant %s failed to migrate: %s", tenant.code, exc)

@@ -42,13 +42,6 @@ def _name_level(a_canon: str | None, b_canon: str | None, a_py: str | None, b_py
     return DISAGREE
 
 
-def _hanzi_given_level(a: tuple[str, ...], b: tuple[str, ...], level: int) -> int:
-    """Two hanzi given names agree only in writing or in reading: 琳/丽 or 霞/嘉 are twins' names, not slips."""
-    if level >= 4 or not a or not b:
-        return level
-    return DISAGREE
-
-
 def typed_spells(typed: str, syllables: tuple[str, ...], slips: int = 1) -> bool:
     """Whether typed pinyin spells the hanzi name's syllables with at most one IME slip over the whole name."""
     if not syllables:
@@ -80,7 +73,9 @@ def compare_names(a: NormalizedRecord, b: NormalizedRecord) -> tuple[int, int]:
     fam = _name_level(a.family_name, b.family_name, a.family_pinyin, b.family_pinyin)
     giv = _name_level(a.given_name, b.given_name, a.given_pinyin, b.given_pinyin)
     if a.given_syllables and b.given_syllables:
-        giv = _hanzi_given_level(a.given_syllables, b.given_syllables, giv)
+        # Two hanzi given names agree only in writing or in reading: 琳/丽 or 霞/嘉 are twins' names, not slips.
+        if giv < 4:
+            giv = DISAGREE
     elif giv in (2, 3):
         giv = typed_given_level(a, b, giv)
     if fam == 5 and giv == 5:

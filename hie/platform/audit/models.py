@@ -37,11 +37,13 @@ class AuditEvent(PlatformBase):
 
 
 class AuditChainHead(PlatformBase):
-    """The last sequence number and hash, signed with the audit key; locking the row serialises appends."""
+    """Last sequence number and hash, and the last head signed with the audit key; its row lock serialises appends."""
 
     __tablename__ = "audit_chain_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    signed_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    signed_hash: Mapped[str | None] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(String(64))

@@ -7,9 +7,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from flask import g, has_request_context, request
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, Row, select, update
 from sqlalchemy.orm import Session
 
 from hie.platform.audit.models import AuditChainHead, AuditEvent
@@ -66,7 +67,7 @@ def record(action: str, outcome: str = "success", **fields: object) -> PendingEv
     return event
 
 
-def _canonical(event: AuditEvent) -> bytes:
+def _canonical(event: AuditEvent | Row[Any]) -> bytes:
     values = {name: getattr(event, name) for name in _CHAINED_FIELDS}
     values["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
     return json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
@@ -95,36 +96,83 @@ def _to_row(pending: PendingEvent) -> AuditEvent:
 
 
 _HEAD = AuditChainHead.__table__
+_EVENTS = AuditEvent.__table__
 _LOCK_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(id=1)
-_READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash, _HEAD.c.signature).where(_HEAD.c.id == 1)
+_READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash, _HEAD.c.signed_seq, _HEAD.c.signed_hash,
+                    _HEAD.c.signature).where(_HEAD.c.id == 1)
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
 _BROKEN = "broken-at:"
-_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(
-    last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash"), signature=bindparam("new_signature"))
+_INSERT_EVENT = _EVENTS.insert()
+_EVENT_COLUMNS = tuple(column.key for column in _EVENTS.columns)
 
 
-def head_signature(keyring: KeyRing, last_seq: int, last_hash: str) -> str:
-    """HMAC of the chain head: cutting events off the tail and moving the head back needs the audit key."""
-    return keyring.audit_mac(f"audit_chain_head|{last_seq}|{last_hash}".encode())
+def head_signature(keyring: KeyRing, seq: int, hash_: str) -> str:
+    """HMAC of a chain head: cutting events off the tail and moving the head back needs the audit key."""
+    return keyring.audit_mac(f"audit_chain_head|{seq}|{hash_}".encode())
 
 
-def _head_intact(keyring: KeyRing, last_seq: int, last_hash: str, signature: str | None) -> bool:
-    genesis = last_seq == 0 and last_hash == GENESIS_HASH
-    return genesis or signature == head_signature(keyring, last_seq, last_hash)
+def _signed(keyring: KeyRing, last_seq: int, last_hash: str) -> dict[str, object]:
+    return {"last_seq": last_seq, "last_hash": last_hash, "signed_seq": last_seq, "signed_hash": last_hash,
+            "signature": head_signature(keyring, last_seq, last_hash)}
+
+
+def _at_genesis(head: Row[Any] | AuditChainHead) -> bool:
+    return head.last_seq == 0 and head.last_hash == GENESIS_HASH
+
+
+def _signature_valid(keyring: KeyRing, head: Row[Any] | AuditChainHead) -> bool:
+    """The signature covers the signed (seq, hash); NULL or a broken-at marker never matches."""
+    return head.signed_seq is not None and head.signed_hash is not None and \
+        head.signature == head_signature(keyring, head.signed_seq, head.signed_hash)
+
+
+def _links_to_head(conn: Connection, keyring: KeyRing, head: Row[Any]) -> bool:
+    """Whether the stored events chain, MACs valid, from the signed head up to the current (unsigned) one."""
+    if head.last_seq < head.signed_seq:
+        return False
+    seq, prev_hash = head.signed_seq, head.signed_hash
+    if seq and conn.scalar(select(_EVENTS.c.hash).where(_EVENTS.c.seq == seq)) != prev_hash:
+        return False
+    while seq < head.last_seq:
+        batch = conn.execute(select(_EVENTS).where(_EVENTS.c.seq > seq, _EVENTS.c.seq <= head.last_seq)
+                             .order_by(_EVENTS.c.seq).limit(_BATCH)).all()
+        if not batch:
+            return False
+        for event in batch:
+            if event.seq != seq + 1 or event.prev_hash != prev_hash or \
+                    keyring.audit_mac(_canonical(event)) != event.hash:
+                return False
+            seq, prev_hash = event.seq, event.hash
+    return prev_hash == head.last_hash
+
+
+def _head_trusted(conn: Connection, keyring: KeyRing, head: Row[Any]) -> bool:
+    """Whether the head is at genesis, or descends by intact events from its validly signed state."""
+    # Processes of the release before head signing, still running during a rolling upgrade, move
+    # last_seq/last_hash without signing; the signed (seq, hash) they leave alone anchors the check.
+    if _at_genesis(head):
+        return True
+    if not _signature_valid(keyring, head):
+        return False
+    if (head.last_seq, head.last_hash) == (head.signed_seq, head.signed_hash):
+        return True
+    if not _links_to_head(conn, keyring, head):
+        return False
+    log.warning("audit events %s-%s were appended without signing the chain head (a process of the previous "
+                "release); they chain from the signed head, so it is signed again", head.signed_seq + 1, head.last_seq)
+    return True
 
 
 def sign_unsigned_head(engine: Engine, keyring: KeyRing) -> bool:
     """After the upgrade that added head signatures, sign a head written before it (signature NULL)."""
     with engine.begin() as conn:
         conn.execute(_LOCK_HEAD)
-        last_seq, last_hash, signature = conn.execute(_READ_HEAD).one()
-        if signature is not None:
+        head = conn.execute(_READ_HEAD).one()
+        if head.signature is not None:
             return False
-        conn.execute(update(_HEAD).where(_HEAD.c.id == 1).values(
-            signature=head_signature(keyring, last_seq, last_hash)))
-    log.warning("audit chain head at event %s was unsigned (written before signing); signed it now", last_seq)
+        conn.execute(_MOVE_HEAD, _signed(keyring, head.last_seq, head.last_hash))
+    log.warning("audit chain head at event %s was unsigned (written before signing); signed it now", head.last_seq)
     return True
-_INSERT_EVENT = AuditEvent.__table__.insert()
-_EVENT_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns)
 
 
 def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> list[int]:
@@ -135,11 +183,12 @@ def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> 
     with engine.begin() as conn:
         # Writing the head first takes the write lock at once (SQLite) or the row lock (MySQL).
         conn.execute(_LOCK_HEAD)
-        last_seq, last_hash, signature = conn.execute(_READ_HEAD).one()
-        intact = _head_intact(keyring, last_seq, last_hash, signature)
+        head = conn.execute(_READ_HEAD).one()
+        intact = _head_trusted(conn, keyring, head)
         if not intact:
-            log.error("audit chain head at event %s fails its signature; appending, the head stays marked", last_seq)
-        broken_at = signature if signature and signature.startswith(_BROKEN) else f"{_BROKEN}{last_seq}"
+            log.error("audit chain head at event %s fails its signature; appending, the head stays marked",
+                      head.last_seq)
+        last_seq, last_hash = head.last_seq, head.last_hash
         values = []
         for row in rows:
             row.seq, row.prev_hash = last_seq + 1, last_hash
@@ -147,8 +196,11 @@ def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> 
             last_seq, last_hash = row.seq, row.hash
             values.append({key: getattr(row, key) for key in _EVENT_COLUMNS})
         conn.execute(_INSERT_EVENT, values)
-        conn.execute(_MOVE_HEAD, {"new_seq": last_seq, "new_hash": last_hash, "new_signature": (
-            head_signature(keyring, last_seq, last_hash) if intact else broken_at)})
+        if intact:
+            conn.execute(_MOVE_HEAD, _signed(keyring, last_seq, last_hash))
+        else:
+            broken = head.signature if (head.signature or "").startswith(_BROKEN) else f"{_BROKEN}{head.last_seq}"
+            conn.execute(_MOVE_HEAD, {"last_seq": last_seq, "last_hash": last_hash, "signature": broken})
     return [row.seq for row in rows]
 
 
@@ -202,16 +254,18 @@ def verify(engine: Engine, keyring: KeyRing) -> tuple[int, list[ChainProblem]]:
 
 def _head_problems(keyring: KeyRing, head: AuditChainHead, last_seq: int, last_hash: str,
                    count: int) -> list[ChainProblem]:
-    """The head must be signed, agree with the last stored event, and count every event."""
+    """The head must descend from its signed state, agree with the last stored event, and count every event."""
     problems = []
     signature = head.signature or ""
     if signature.startswith(_BROKEN) and signature[len(_BROKEN):].isdigit():
         problems.append(ChainProblem(int(signature[len(_BROKEN):]), "chain head forged or moved (found by a later "
                                      "append); events after it may have been deleted"))
-    elif not (count == 0 and _head_intact(keyring, head.last_seq, head.last_hash, None)) and \
-            signature != head_signature(keyring, head.last_seq, head.last_hash):
+    elif not (count == 0 and _at_genesis(head)) and not _signature_valid(keyring, head):
         problems.append(ChainProblem(head.last_seq, "chain head forged or moved (its signature does not match); "
                                      "events after it may have been deleted"))
+    elif not _at_genesis(head) and head.last_seq < (head.signed_seq or 0):
+        problems.append(ChainProblem(head.last_seq, f"chain head forged or moved (back from event {head.signed_seq}, "
+                                     "where it was signed); events after it may have been deleted"))
     if head.last_seq > last_seq:
         problems.append(ChainProblem(last_seq + 1, f"event(s) {last_seq + 1}-{head.last_seq} deleted"))
     elif head.last_seq < last_seq:

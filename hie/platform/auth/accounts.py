@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -14,7 +13,6 @@ from hie.platform.auth.models import Role, User, UserRole
 from hie.platform.auth.passwords import hash_password, password_problem
 from hie.platform.db import too_long
 from hie.tenants.models import Institution
-from hie.tenants.services import resolved_url
 
 _USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{2,63}$")
 
@@ -24,7 +22,7 @@ class AccountError(ValueError):
 
 
 def parse_roles(raw: list[str]) -> list[Role]:
-    """Role names to Roles (each once, in order), refusing unknown ones by name."""
+    """Role names to Roles (each once, in order), refusing unknown ones and none: the one place roles are checked."""
     roles = []
     for name in raw:
         try:
@@ -36,12 +34,12 @@ def parse_roles(raw: list[str]) -> list[Role]:
     return list(dict.fromkeys(roles))
 
 
-def _check_resident_record(institution: Institution, patient_id: str) -> None:
+def _check_resident_record(shard: Session | None, institution: Institution, patient_id: str) -> None:
     """A resident names a patient record that exists in their institution's shard and is held there."""
-    engines = current_app.extensions["hie.engines"]
+    if shard is None:
+        raise ValueError("a resident account needs a Session on its institution's shard to check patient_id")
     try:
-        with Session(engines.engine(resolved_url(engines.config, institution.tenant))) as shard:
-            holder = shard.scalar(select(Patient.institution_id).where(Patient.id == patient_id))
+        holder = shard.scalar(select(Patient.institution_id).where(Patient.id == patient_id))
     except SQLAlchemyError:
         raise AccountError(f"patient_id cannot be checked: the database of tenant {institution.tenant.code!r} "
                            "does not answer") from None
@@ -52,10 +50,9 @@ def _check_resident_record(institution: Institution, patient_id: str) -> None:
 def add_user(
     session: Session, username: str, roles: list[Role], institution_code: str, password: str,
     display_name: str | None = None, department: str | None = None, title: str | None = None,
-    licence_number: str | None = None, patient_id: str | None = None,
+    licence_number: str | None = None, patient_id: str | None = None, shard: Session | None = None,
 ) -> User:
-    """A new account at an institution; residents must name a patient record of that institution."""
-    roles = list(dict.fromkeys(roles))
+    """A new account with roles from parse_roles(); a resident names a patient record held in `shard`."""
     if not _USERNAME_RE.fullmatch(username):
         raise AccountError(f"username {username!r} must be 3-64 lowercase letters, digits, '.', '-' or '_'")
     problem = password_problem(password)
@@ -65,8 +62,6 @@ def add_user(
                        title=title, licence_number=licence_number, patient_id=patient_id)
     if problem:
         raise AccountError(problem)
-    if not roles:
-        raise AccountError("at least one role is needed")
     institution = session.scalar(select(Institution).where(Institution.code == institution_code))
     if institution is None:
         raise AccountError(f"institution {institution_code!r} does not exist")
@@ -80,7 +75,7 @@ def add_user(
         if display_name is not None:
             raise AccountError("display_name: resident accounts carry none (the name stays sealed in the "
                                "patient record)")
-        _check_resident_record(institution, patient_id)  # type: ignore[arg-type]
+        _check_resident_record(shard, institution, patient_id)  # type: ignore[arg-type]
     user = User(
         username=username, password_hash=hash_password(password), display_name=display_name or username,
         institution_id=institution.id, department=department, title=title, licence_number=licence_number,
@@ -92,9 +87,8 @@ def add_user(
 
 
 def update_user(session: Session, user: User, active: bool | None, roles: list[Role] | None) -> None:
-    """Disable, re-enable or re-role an account; residents stay residents."""
+    """Disable, re-enable or re-role an account (roles from parse_roles()); residents stay residents."""
     if roles is not None:
-        roles = list(dict.fromkeys(roles))
         if (Role.resident in roles) != (Role.resident in user.roles) or (Role.resident in roles and len(roles) > 1):
             raise AccountError("roles: a resident account holds only the resident role, and vice versa")
         user.role_rows = [UserRole(role=role) for role in roles]

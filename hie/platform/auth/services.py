@@ -150,7 +150,7 @@ def _revoke_family(session: Session, family_id: str, now: datetime) -> None:
     live = session.scalars(select(AuthSession.id).where(
         AuthSession.family_id == family_id, AuthSession.revoked_at.is_(None))).all()
     session.execute(update(AuthSession).where(AuthSession.id.in_(live)).values(revoked_at=now)
-                    .execution_options(synchronize_session="fetch"))
+                    .execution_options(synchronize_session=False))
     _cache().invalidate(*(identity_cache_key(sid) for sid in live))
 
 

@@ -16,6 +16,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('audit_chain_head', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('signed_seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'),
+                                      nullable=True))
+        batch_op.add_column(sa.Column('signed_hash', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('signature', sa.String(length=64), nullable=True))
     with op.batch_alter_table('auth_sessions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('family_id', sa.String(length=36), nullable=True))
@@ -34,3 +37,5 @@ def downgrade() -> None:
         batch_op.drop_column('family_id')
     with op.batch_alter_table('audit_chain_head', schema=None) as batch_op:
         batch_op.drop_column('signature')
+        batch_op.drop_column('signed_hash')
+        batch_op.drop_column('signed_seq')
