@@ -209,3 +209,7 @@ def test_demo_builds_linfen_and_rerunning_changes_nothing(tmp_path):
     again = subprocess.run([*hie_bin, "demo"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert snapshot() == counts
+    rerun = subprocess.run([*hie_bin, "init", "--with-demo"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "yaodu.doctor" in rerun.stdout and "yaodu.resident" in rerun.stdout, "make run prints the logins again"
+    assert snapshot() == counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -106,6 +107,18 @@ def test_keyring_refuses_wrong_associated_data(app):
         except DecryptionError:
             continue
         raise AssertionError(f"opened under {aad}")
+
+
+def test_sealed_cache_blob_opens_only_under_its_own_key(app):
+    from hie.platform.crypto import DecryptionError
+
+    ring = app.extensions["hie.keyring"]
+    sealed = ring.encrypt_bytes("王秀英".encode(), "everything:person-a")
+    assert ring.decrypt_bytes(sealed, "everything:person-a") == "王秀英".encode()
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    for blob, aad in ((sealed, "everything:person-b"), (tampered, "everything:person-a")):
+        with pytest.raises(DecryptionError):
+            ring.decrypt_bytes(blob, aad)
 
 
 def _under_key(app, kid: str) -> dict[str, int]:

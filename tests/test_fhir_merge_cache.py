@@ -92,7 +92,7 @@ def test_cached_everything_changes_after_write_merge_and_unmerge(client, app, as
     quwo, yaodu = as_user("quwo.doctor"), as_user("yaodu.doctor")
     p = two_people
     first = _ids(client, quwo, p["b"]["id"])
-    assert cache.get(store.everything_cache_key(p["person_b"])) is not None
+    assert cache.get_bytes(store.everything_cache_key(p["person_b"])) is not None
     written = create(client, quwo, clinical("Encounter", f"Patient/{p['b']['id']}"))
     assert _ids(client, quwo, p["b"]["id"]) == first | {written["id"]}
     _merge(client, app, as_user, p["person_a"], p["person_b"])
@@ -110,16 +110,16 @@ def test_a_summary_recached_before_the_write_commits_is_not_served(client, as_us
     subject = create(client, doctor, patient())
     before = _ids(client, doctor, subject["id"])
     person = _person(client, doctor, subject["id"])
-    stale = cache.get(store.everything_cache_key(person))
+    stale = cache.get_bytes(store.everything_cache_key(person))
     original = store._record_location
 
     def racing(*args, **kwargs):
         original(*args, **kwargs)
-        cache.set(store.everything_cache_key(person), stale)
+        cache.set_bytes(store.everything_cache_key(person), stale)
 
     monkeypatch.setattr(store, "_record_location", racing)
     written = create(client, doctor, clinical("Observation", f"Patient/{subject['id']}"))
-    assert cache.get(store.everything_cache_key(person)) == stale, "the racing reader re-cached the old summary"
+    assert cache.get_bytes(store.everything_cache_key(person)) == stale, "the racing reader re-cached the old summary"
     assert _ids(client, doctor, subject["id"]) == before | {written["id"]}
 
 
@@ -130,7 +130,7 @@ def test_register_update_refreshes_cached_everything(client, app, as_user, cache
     run_jobs(app)
     client.get(f"/fhir/Patient/{registered['id']}/$everything", headers=doctor)
     person = _person(client, doctor, registered["id"])
-    assert cache.get(store.everything_cache_key(person)) is not None
+    assert cache.get_bytes(store.everything_cache_key(person)) is not None
     response = client.patch(f"/api/v1/patients/{registered['id']}", json={"phone": "13811112222"}, headers=doctor)
     assert response.status_code == 200, response.get_json()
     body = client.get(f"/fhir/Patient/{registered['id']}/$everything", headers=doctor).get_json()

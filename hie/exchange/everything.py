@@ -21,7 +21,7 @@ _COLUMNS = (FhirResource.resource_type, FhirResource.id, FhirResource.version, F
 
 
 def _summary(shards: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
-    """Every record of the person as stored JSON text, with what the access check needs, in a cacheable form."""
+    """Every record of the person as stored JSON (UTF-8), with what the access check needs, in a cacheable form."""
     rows = []
     for tenant_code, patient_ids in shards:
         session = shard_session(tenant_code)
@@ -36,8 +36,28 @@ def _summary(shards: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
                     found = [generated, *found]
         for row in found:
             rows.append({"tenant": tenant_code, "institution_id": row.institution_id, "patient_id": row.patient_id,
-                         "type": row.resource_type, "id": row.id, "json": store.resource_json(row, tenant_code)})
+                         "type": row.resource_type, "id": row.id,
+                         "json": store.resource_json(row, tenant_code).encode()})
     return rows
+
+
+def _pack(stamp: Any, rows: list[dict[str, Any]]) -> bytes:
+    """A small JSON header (stamp, row metadata, text lengths), a NUL, then the resources' JSON back to back."""
+    header = [{**{name: value for name, value in row.items() if name != "json"}, "size": len(row["json"])}
+              for row in rows]
+    return to_json({"stamp": stamp, "rows": header}) + b"\0" + b"".join(row["json"] for row in rows)
+
+
+def _unpack(blob: bytes) -> tuple[Any, list[dict[str, Any]]]:
+    """The stamp and rows of a packed summary; JSON never holds a raw NUL, so the first one ends the header."""
+    end = blob.index(b"\0")
+    header = from_json(blob[:end])
+    offset, view = end + 1, memoryview(blob)
+    for row in header["rows"]:
+        size = row.pop("size")
+        row["json"] = view[offset:offset + size]
+        offset += size
+    return header["stamp"], header["rows"]
 
 
 def _cached_rows(scope: store.PatientScope) -> list[dict[str, Any]]:
@@ -45,13 +65,14 @@ def _cached_rows(scope: store.PatientScope) -> list[dict[str, Any]]:
     if scope.person_id is None:
         return _summary(scope.shards)
     cache, key, ring = current_app.extensions["hie.cache"], store.everything_cache_key(scope.person_id), keyring()
-    sealed = cache.get(key)
-    # Resources stay JSON text inside the summary: a hit parses 500 strings, not 500 resources.
-    cached = from_json(ring.decrypt(sealed, key)) if sealed else None
-    if isinstance(cached, dict) and cached.get("stamp") == scope.stamp:
-        return cached["rows"]
+    sealed = cache.get_bytes(key)
+    # Packed and sealed as bytes: a hit is one AES-GCM open and a parse of the header, never of the resources.
+    if sealed:
+        stamp, rows = _unpack(ring.decrypt_bytes(sealed, key))
+        if stamp == scope.stamp:
+            return rows
     rows = _summary(scope.shards)
-    cache.set(key, ring.encrypt(to_json({"stamp": scope.stamp, "rows": rows}).decode(), key))
+    cache.set_bytes(key, ring.encrypt_bytes(_pack(scope.stamp, rows), key))
     return rows
 
 
@@ -86,7 +107,7 @@ def everything(identity: Identity, patient_id: str, base_url: str, reason: str |
             continue
         # The stored JSON goes out as it is: no parse and re-serialisation of each resource.
         entries.append(b'{"fullUrl":' + to_json(f"{base_url}fhir/{row['type']}/{row['id']}") + b',"resource":'
-                       + row["json"].encode() + b',"search":{"mode":"match"}}')
+                       + row["json"] + b',"search":{"mode":"match"}}')
     glass = access.Basis.break_glass in decisions.values() or scope.basis is access.Basis.break_glass
     audit.record("read", resource_type="Patient", resource_id=patient_id,
                  purpose=access.Basis.break_glass.value if glass else "treatment", break_glass=glass,

@@ -46,6 +46,25 @@ class Cache:
         except redis.RedisError as exc:
             log.warning("cache set %s failed: %s", key, exc)
 
+    def get_bytes(self, key: str) -> bytes | None:
+        """A raw cached value (no JSON), for large blobs such as sealed summaries."""
+        if self.client is None:
+            return None
+        try:
+            return self.client.get(_PREFIX + key)
+        except redis.RedisError as exc:
+            log.warning("cache get %s failed: %s", key, exc)
+            return None
+
+    def set_bytes(self, key: str, value: bytes, ttl: int | None = None) -> None:
+        """Store a raw value with a time to live."""
+        if self.client is None:
+            return
+        try:
+            self.client.set(_PREFIX + key, value, ex=ttl or self.default_ttl)
+        except redis.RedisError as exc:
+            log.warning("cache set %s failed: %s", key, exc)
+
     def invalidate(self, *keys: str) -> None:
         """Drop keys after the data behind them changed."""
         if self.client is None or not keys:

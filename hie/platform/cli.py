@@ -35,7 +35,8 @@ def main() -> None:
 def init(with_demo: bool) -> None:
     """Create HIE_HOME, the key ring and every database, migrated to the newest schema."""
     from hie.platform.audit.services import sign_unsigned_head
-    from hie.tenants.demo import build_demo
+    from hie.platform.auth.models import User
+    from hie.tenants.demo import build_demo, demo_logins
     from hie.tenants.models import Tenant
     from hie.tenants.services import upgrade_all
 
@@ -48,8 +49,11 @@ def init(with_demo: bool) -> None:
         click.echo(f"upgraded: {', '.join(report.upgraded)}")
         with Session(engines.platform) as session:
             empty = session.scalar(select(Tenant.id).limit(1)) is None
+            demo_present = session.scalar(select(User.id).where(User.username == "yaodu.resident")) is not None
         if with_demo and empty:
             build_demo(app, echo=click.echo)
+        elif with_demo and demo_present:
+            click.echo(demo_logins())
     _fail_on(report.failed)
 
 

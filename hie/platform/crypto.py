@@ -152,15 +152,31 @@ class KeyRing:
     def decrypt(self, token: str, aad: str) -> str:
         """Open a ciphertext made for exactly this associated data, under any key in the ring."""
         kid, _, body = token.partition(_SEPARATOR)
+        if not body:
+            raise DecryptionError(f"unknown data key {kid!r}")
+        return self._open(kid, _unb64(body), aad).decode()
+
+    def encrypt_bytes(self, plaintext: bytes, aad: str) -> bytes:
+        """Binary form of encrypt (kid$nonce+ciphertext, no base64) for large cached blobs."""
+        material = self.material()
+        nonce = os.urandom(12)
+        sealed = AESGCM(material.data_keys[material.active]).encrypt(nonce, plaintext, aad.encode())
+        return material.active.encode() + _SEPARATOR.encode() + nonce + sealed
+
+    def decrypt_bytes(self, token: bytes, aad: str) -> bytes:
+        """Open what encrypt_bytes sealed for exactly this associated data."""
+        kid, _, raw = token.partition(_SEPARATOR.encode())
+        return self._open(kid.decode(errors="replace"), raw, aad)
+
+    def _open(self, kid: str, raw: bytes, aad: str) -> bytes:
         material = self.material()
         if kid not in material.data_keys:
             material = self.material(force=True)
         key = material.data_keys.get(kid)
-        if key is None or not body:
+        if key is None or len(raw) < 12:
             raise DecryptionError(f"unknown data key {kid!r}")
-        raw = _unb64(body)
         try:
-            return AESGCM(key).decrypt(raw[:12], raw[12:], aad.encode()).decode()
+            return AESGCM(key).decrypt(raw[:12], raw[12:], aad.encode())
         except InvalidTag:
             raise DecryptionError("ciphertext does not belong to this row or was altered") from None
 

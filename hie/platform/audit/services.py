@@ -163,11 +163,19 @@ def _head_trusted(conn: Connection, keyring: KeyRing, head: Row[Any]) -> bool:
     return True
 
 
+def _locked_head(conn: Connection) -> Row[Any]:
+    """The chain head, locked for this transaction: SELECT ... FOR UPDATE where the database has row locks
+    (one round trip), else a write to the head first, which takes SQLite's database write lock at once."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(_LOCK_HEAD)
+        return conn.execute(_READ_HEAD).one()
+    return conn.execute(_READ_HEAD.with_for_update()).one()
+
+
 def sign_unsigned_head(engine: Engine, keyring: KeyRing) -> bool:
     """After the upgrade that added head signatures, sign a head written before it (signature NULL)."""
     with engine.begin() as conn:
-        conn.execute(_LOCK_HEAD)
-        head = conn.execute(_READ_HEAD).one()
+        head = _locked_head(conn)
         if head.signature is not None:
             return False
         conn.execute(_MOVE_HEAD, _signed(keyring, head.last_seq, head.last_hash))
@@ -181,9 +189,7 @@ def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> 
     if not rows:
         return []
     with engine.begin() as conn:
-        # Writing the head first takes the write lock at once (SQLite) or the row lock (MySQL).
-        conn.execute(_LOCK_HEAD)
-        head = conn.execute(_READ_HEAD).one()
+        head = _locked_head(conn)
         intact = _head_trusted(conn, keyring, head)
         if not intact:
             log.error("audit chain head at event %s fails its signature; appending, the head stays marked",
