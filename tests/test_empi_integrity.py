@@ -187,3 +187,22 @@ def test_rebuild_does_not_count_a_review_already_queued(client, as_user, app):
         counts = rebuild(False, progress=lambda done, total: None)
     assert counts["linked"] == 0 and counts["queued"] == 0
     assert len(client.get("/api/v1/empi/reviews", headers=as_user("steward")).get_json()) == 1
+
+
+def test_a_key_held_by_more_than_max_block_records_is_left_out_of_candidate_search(client, as_user, platform_db, app,
+                                                                                     monkeypatch):
+    from hie.empi import services
+    from hie.empi.index import normalized_of
+
+    _people(client, as_user, platform_db)
+    ring = app.extensions["hie.keyring"]
+    record = platform_db.scalar(select(PersonRecord).where(PersonRecord.local_id == "V-1"))
+    normalized = normalized_of(ring, record)
+    hashes = services.key_hashes(ring, normalized)
+    model = services.current_model(platform_db)
+    both = {r.id for r in platform_db.scalars(select(PersonRecord))}
+    assert {c.record_id for c in services.find_candidates(platform_db, ring, normalized, hashes, model)} == both
+    monkeypatch.setattr(services, "MAX_BLOCK", 1)  # only the ID key is held by a single record
+    candidates = services.find_candidates(platform_db, ring, normalized, hashes, model)
+    assert [c.record_id for c in candidates] == [record.id]
+    assert candidates[0].person_id == record.person_id

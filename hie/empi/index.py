@@ -48,9 +48,14 @@ def unseal_demographics(ring: KeyRing, record: PersonRecord) -> dict[str, Any]:
     return json.loads(ring.decrypt(record.demographics_enc, record_aad(record.id)))
 
 
+def unseal_normalized(ring: KeyRing, record_id: str, sealed: str) -> NormalizedRecord:
+    """The normalised features sealed with a record, from its id and sealed column alone."""
+    return features.from_json(json.loads(ring.decrypt(sealed, record_aad(record_id)))["norm"])
+
+
 def normalized_of(ring: KeyRing, record: PersonRecord) -> NormalizedRecord:
     """The normalised features sealed with a record."""
-    return features.from_json(unseal_demographics(ring, record)["norm"])
+    return unseal_normalized(ring, record.id, record.demographics_enc)
 
 
 def resident_ids(session: Session, ring: KeyRing, person_ids: Iterable[str],

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from hie.empi.matching import Thresholds
 from hie.empi.models import MasterPerson, PersonRecord
 from hie.empi.normalize import normalize_record
-from hie.empi.services import current_model, find_candidates, key_hashes, person_of_local, survivor
+from hie.empi.services import current_model, find_candidates, key_hashes, person_of_local
 from hie.platform.cache import Cache
 from hie.platform.crypto import KeyRing
 from hie.tenants.models import Institution
@@ -68,7 +68,7 @@ def demographic_query(session: Session, ring: KeyRing, demographics: dict[str, A
     candidates = find_candidates(session, ring, normalized, key_hashes(ring, normalized), current_model(session))
     best: dict[str, PersonMatch] = {}
     for candidate in candidates:
-        person_id = survivor(session, candidate.person_id)
+        person_id = candidate.person_id
         match_grade = grade(candidate.weight, candidate.veto, thresholds)
         if match_grade is None or (only_certain and match_grade != "certain"):
             continue

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import Integer, Select, String, bindparam, column, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from hie.empi import features, stewardship
 from hie.empi.index import (
     ids_conflict,
     local_cache_key,
-    normalized_of,
     record_aad,
     refused_persons,
     resident_ids,
     survivor,
+    unseal_normalized,
 )
 from hie.empi.matching import (
     VETO_DIFFERENT_IDS,
@@ -48,6 +49,9 @@ from hie.platform.db import new_id, utcnow
 from hie.platform.jobs.services import PLATFORM, emit
 
 MAX_CANDIDATES = 50
+# A key held by more records (张伟's name at a million persons) finds no one in particular and would make every
+# registration group thousands of rows, so candidate search leaves it out; batch dedupe skips such blocks too.
+MAX_BLOCK = 500
 DEMOGRAPHIC_FIELDS = ("name", "family_name", "given_name", "sex", "birth_date", "id_type", "id_number", "phone",
                       "address")
 _MODEL_TTL = 60.0
@@ -67,9 +71,9 @@ class Registration:
 
 @dataclass(frozen=True)
 class Candidate:
-    """An existing record scored against the incoming one."""
+    """An existing record scored against the incoming one; person_id is the master person holding it now."""
 
-    record: PersonRecord
+    record_id: str
     person_id: str
     weight: float
     levels: dict[str, str]
@@ -115,15 +119,26 @@ def seal_demographics(ring: KeyRing, record_id: str, raw: dict[str, str], normal
                         record_aad(record_id))
 
 
-_CANDIDATES = (
-    select(BlockingKey.record_id, func.count().label("shared"))
-    .where(BlockingKey.key_hash.in_(bindparam("keys", expanding=True)))
-    .group_by(BlockingKey.record_id)
-    .order_by(func.count().desc())
-    .limit(MAX_CANDIDATES + 1)
-    .subquery()
-)
-_CANDIDATE_RECORDS = select(PersonRecord).join(_CANDIDATES, _CANDIDATES.c.record_id == PersonRecord.id)
+@functools.lru_cache(maxsize=64)
+def _candidate_rows(key_count: int) -> Select[tuple[str, str, str, str | None]]:
+    """Records sharing most of the keys :k0, :k1 ... held by at most :block records, with their person's merge."""
+    # Each key's records are counted no further than :cap index entries, so the check costs the same at any
+    # index size. Plain rows, no ORM objects: candidates are unsealed and scored, only the best is used further.
+    sizes = text(" UNION ALL ".join(
+        f"SELECT :k{i} AS key_hash, COUNT(*) AS n FROM "
+        f"(SELECT 1 FROM empi_blocking_keys WHERE key_hash = :k{i} LIMIT :cap) AS b{i}"
+        for i in range(key_count))).columns(column("key_hash", String), column("n", Integer)).subquery("sizes")
+    shared = (
+        select(BlockingKey.record_id, func.count().label("shared"))
+        .where(BlockingKey.key_hash.in_(select(sizes.c.key_hash).where(sizes.c.n <= bindparam("block"))))
+        .group_by(BlockingKey.record_id)
+        .order_by(func.count().desc())
+        .limit(MAX_CANDIDATES + 1)
+        .subquery()
+    )
+    return (select(PersonRecord.id, PersonRecord.person_id, PersonRecord.demographics_enc, MasterPerson.merged_into)
+            .join(shared, shared.c.record_id == PersonRecord.id)
+            .join(MasterPerson, MasterPerson.id == PersonRecord.person_id))
 
 
 def key_hashes(ring: KeyRing, normalized: NormalizedRecord) -> list[str]:
@@ -133,16 +148,19 @@ def key_hashes(ring: KeyRing, normalized: NormalizedRecord) -> list[str]:
 
 def find_candidates(session: Session, ring: KeyRing, normalized: NormalizedRecord, hashes: list[str],
                     model: ModelWeights, exclude: str | None = None) -> list[Candidate]:
-    """Existing records sharing most blocking keys, scored, best first."""
+    """Existing records sharing most selective blocking keys (none held by over MAX_BLOCK records), best first."""
     if not hashes:
         return []
+    params: dict[str, Any] = {f"k{i}": key for i, key in enumerate(hashes)}
+    rows = session.execute(_candidate_rows(len(hashes)), {**params, "cap": MAX_BLOCK + 1, "block": MAX_BLOCK})
     scored = []
-    for record in session.scalars(_CANDIDATE_RECORDS, {"keys": hashes}):
-        if record.id == exclude:
+    for record_id, person_id, sealed, merged_into in rows:
+        if record_id == exclude:
             continue
-        other = normalized_of(ring, record)
+        other = unseal_normalized(ring, record_id, sealed)
         result = score(normalized, other, model)
-        scored.append(Candidate(record, record.person_id, result.weight, result.levels, result.veto, other))
+        holder = person_id if merged_into is None else survivor(session, person_id)
+        scored.append(Candidate(record_id, holder, result.weight, result.levels, result.veto, other))
     return sorted(scored, key=lambda c: c.weight, reverse=True)
 
 
@@ -168,12 +186,12 @@ def decide(session: Session, ring: KeyRing, person_id: str | None, own_ids: set[
     """The best candidate of another person decides; refused persons are skipped, two valid IDs are only reviewed."""
     refused = refused_persons(session, person_id) if person_id else set()
     for candidate in candidates:
-        other = survivor(session, candidate.person_id)
+        other = candidate.person_id
         if other == person_id or other in refused:
             continue
         outcome = classify(candidate.weight, thresholds, candidate.veto)
         if outcome is Outcome.AUTO_LINK and own_ids:
-            known = {c.record.id: c.normalized for c in candidates}
+            known = {c.record_id: c.normalized for c in candidates}
             if ids_conflict(own_ids, resident_ids(session, ring, [other], known)[other]):
                 return Outcome.REVIEW, replace(candidate, veto=VETO_DIFFERENT_IDS)
         return outcome, candidate
@@ -182,15 +200,15 @@ def decide(session: Session, ring: KeyRing, person_id: str | None, own_ids: set[
 
 def _add_review(session: Session, record_id: str, best: Candidate) -> None:
     """Put a possible match before a steward; a record created in this transaction can have no review yet."""
-    session.add(ReviewItem(record_id=record_id, candidate_id=best.record.id, weight=best.weight,
+    session.add(ReviewItem(record_id=record_id, candidate_id=best.record_id, weight=best.weight,
                            levels=best.levels, veto=best.veto, created_at=utcnow()))
 
 
 def queue_review(session: Session, record_id: str, best: Candidate) -> bool:
     """Put a possible match before a steward unless the pair was already put there; True when queued."""
     known = session.scalar(select(ReviewItem.id).where(
-        ((ReviewItem.record_id == record_id) & (ReviewItem.candidate_id == best.record.id))
-        | ((ReviewItem.record_id == best.record.id) & (ReviewItem.candidate_id == record_id))).limit(1))
+        ((ReviewItem.record_id == record_id) & (ReviewItem.candidate_id == best.record_id))
+        | ((ReviewItem.record_id == best.record_id) & (ReviewItem.candidate_id == record_id))).limit(1))
     if known is not None:
         return False
     _add_review(session, record_id, best)
@@ -213,7 +231,7 @@ def rematch(session: Session, ring: KeyRing, cache: Cache, record: PersonRecord,
         return Outcome.NEW_PERSON, False
     alone = session.scalar(select(func.count()).where(PersonRecord.person_id == own)) == 1
     if outcome is Outcome.AUTO_LINK and (whole_person or alone):
-        stewardship.merge(session, ring, cache, own, survivor(session, best.person_id), user_id, reason)
+        stewardship.merge(session, ring, cache, own, best.person_id, user_id, reason)
         return Outcome.AUTO_LINK, True
     return Outcome.REVIEW, queue_review(session, record.id, best)
 
@@ -250,10 +268,7 @@ def register(
     candidates = find_candidates(session, ring, normalized, hashes, current_model(session))
     own_id = resident_id(normalized)
     outcome, best = decide(session, ring, None, {own_id} if own_id else set(), candidates, thresholds)
-    if outcome is Outcome.AUTO_LINK and best is not None:
-        person_id = survivor(session, best.person_id)
-    else:
-        person_id = _new_person(session).id
+    person_id = best.person_id if outcome is Outcome.AUTO_LINK and best is not None else _new_person(session).id
     record.person_id = person_id
     record.match_weight = best.weight if best is not None else None
     session.add(record)
