@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import g
 from pydantic_core import from_json
-from sqlalchemy import ColumnElement, delete, false, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, delete, exists, false, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from hie.empi import services as empi
 from hie.empi.models import MasterPerson, PersonRecord
@@ -149,23 +149,30 @@ class PatientScope:
     stamp: str = ""
 
 
-def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, int | None, MasterPerson | None]:
-    """Shard, holding institution and surviving master person of a Patient id (every stored Patient is in the
-    register, and every register record in the EMPI, so one platform query answers all three)."""
-    found = platform.execute(select(PersonRecord.tenant_code, PersonRecord.institution_id, MasterPerson)
+_ABSORBED = aliased(MasterPerson)
+
+
+def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, int | None, MasterPerson | None, bool]:
+    """Shard, holding institution and surviving master person of a Patient id, and whether anyone was merged into
+    that person (every stored Patient is in the register and every register record in the EMPI, so one platform
+    query answers all of it unless the record's person was itself merged away)."""
+    absorbed = exists().where(_ABSORBED.merged_into == MasterPerson.id)
+    found = platform.execute(select(PersonRecord.tenant_code, PersonRecord.institution_id, MasterPerson,
+                                    absorbed.label("absorbed"))
                              .join(MasterPerson, MasterPerson.id == PersonRecord.person_id)
                              .where(PersonRecord.patient_id == patient_id).limit(1)).first()
     if found is None:
-        return None, None, None
-    tenant_code, institution_id, person = found
+        return None, None, None, False
+    tenant_code, institution_id, person, has_absorbed = found
     if person.merged_into is not None:
-        person = platform.get(MasterPerson, empi.survivor(platform, person.id))
-    return tenant_code, institution_id, person
+        return tenant_code, institution_id, platform.get(MasterPerson, empi.survivor(platform, person.id)), True
+    return tenant_code, institution_id, person, bool(has_absorbed)
 
 
-def _person_shards(platform: Session, person: MasterPerson) -> tuple[list[tuple[str, list[str]]], str]:
+def _person_shards(platform: Session, person: MasterPerson,
+                   absorbed: bool) -> tuple[list[tuple[str, list[str]]], str]:
     """The shards the registry names for the person or anyone merged into it, its local ids there, and the stamp."""
-    cluster = registry.merged_cluster(platform, person.id)
+    cluster = registry.merged_cluster(platform, person.id) if absorbed else [person.id]
     shards: dict[str, list[str]] = {}
     stamp = {f"{person.id}@{person.updated_at.isoformat()}", *cluster}
     for shard, local_id, located, updated in platform.execute(
@@ -184,7 +191,7 @@ def _person_shards(platform: Session, person: MasterPerson) -> tuple[list[tuple[
 def locate_patient(identity: Identity, patient_id: str, reason: str | None = None) -> PatientScope:
     """The Patient's shard, master person and the person's shards, following merges (404 if not visible)."""
     platform = platform_session()
-    tenant_code, institution_id, person = _patient_person(platform, patient_id)
+    tenant_code, institution_id, person, absorbed = _patient_person(platform, patient_id)
     person_id = person.id if person is not None else None
     basis = access.patient_basis(
         platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
@@ -195,7 +202,7 @@ def locate_patient(identity: Identity, patient_id: str, reason: str | None = Non
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
     if person is None:
         return PatientScope(tenant_code, None, [], basis)
-    shards, stamp = _person_shards(platform, person)
+    shards, stamp = _person_shards(platform, person, absorbed)
     return PatientScope(tenant_code, person_id, shards, basis, stamp)
 
 
