@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from flask import current_app, g
+from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS
 from sqlalchemy import DateTime, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -114,12 +117,12 @@ def build_engine(url: str, config: Config) -> Engine:
             engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=config.db_pool_size,
         max_overflow=config.db_max_overflow,
-        pool_pre_ping=True,
         pool_recycle=1800,
+        pool_reset_on_return=None,
         connect_args={
             "connect_timeout": config.db_connect_timeout,
             "read_timeout": 30,
@@ -127,6 +130,39 @@ def build_engine(url: str, config: Config) -> Engine:
             "charset": "utf8mb4",
         },
     )
+    event.listen(engine, "reset", _rollback_if_in_transaction)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+IDLE_PING_SECONDS = 5.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pre-ping only connections idle for a while: a busy pool skips the round trip, while one that sat
+    through a database restart is found dead here and replaced before a request uses it."""
+    checked_in = record.info.get("checked_in_at")
+    if checked_in is None or time.monotonic() - checked_in < IDLE_PING_SECONDS:
+        return
+    try:
+        dbapi_connection.ping(reconnect=False)
+    except Exception as exc:
+        raise DisconnectionError("pooled connection died while idle") from exc
+
+
+def _rollback_if_in_transaction(dbapi_connection: Any, _record: Any, reset_state: Any) -> None:
+    """Pool reset without a round trip when the connection comes back with its transaction already ended
+    (every Session commits or rolls back first): the server's status flags say whether one is open."""
+    if reset_state.terminate_only:
+        return
+    if getattr(dbapi_connection, "server_status", None) is None or \
+            dbapi_connection.server_status & SERVER_STATUS_IN_TRANS:
+        dbapi_connection.rollback()
 
 
 class EngineRegistry:
