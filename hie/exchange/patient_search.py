@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, func, or_, select
 
 from hie.exchange import store
+from hie.exchange.conditions import Found, date_condition, token_condition
 from hie.exchange.models import FhirResource
 from hie.exchange.resources import MRN_SYSTEM_PREFIX, RESIDENT_ID_SYSTEM, local_zone
-from hie.exchange.search import Found, date_condition, token_condition
 from hie.exchange.search_params import DateFilter, SearchParams, Token, TokenFilter
 from hie.patients.models import Patient
 from hie.patients.sealing import search_index

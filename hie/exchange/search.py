@@ -7,53 +7,24 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, func, select
 from werkzeug.datastructures import MultiDict
 
 from hie.exchange import store
-from hie.exchange.models import FhirResource, FhirToken
+from hie.exchange.conditions import Found, date_condition, token_condition
+from hie.exchange.models import FhirResource
 from hie.exchange.outcome import FhirError
+from hie.exchange.patient_search import register_matches
 from hie.exchange.resources import WRITABLE
-from hie.exchange.search_params import OFFSET_PARAM, DateFilter, SearchParams, TokenFilter, parse
+from hie.exchange.search_params import OFFSET_PARAM, SearchParams, parse
 from hie.platform import access
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
 from hie.platform.db import shard_session
 
 Scope = tuple[str, list[str] | None]  # a shard, and the patient ids to restrict to (None: the whole shard)
-Found = tuple[str, FhirResource]  # a row and the shard it came from
 _NULL_DATE = datetime.min.replace(tzinfo=UTC)
 SMALL_MATCHES = 1000  # a patient's matches up to this many are counted and sorted here, from one query per shard
-
-
-def token_condition(resource_type: str, token: TokenFilter, id_column: Any = FhirResource.id) -> ColumnElement[bool]:
-    """Resources with a coding matching any alternative: a semi-join on the (type, param, code, system) index."""
-    alternatives = []
-    sealed = resource_type == "Patient" and token.param == "identifier"
-    for alternative in token.alternatives:
-        code = store.patient_identifier_index(alternative.code) if sealed and alternative.code else alternative.code
-        parts = [] if code is None else [FhirToken.code == code]
-        if not alternative.any_system:
-            parts.append(FhirToken.system.is_(None) if alternative.system is None
-                         else FhirToken.system == alternative.system)
-        alternatives.append(and_(*parts))
-    return id_column.in_(select(FhirToken.resource_id).where(
-        FhirToken.resource_type == resource_type, FhirToken.param == token.param, or_(*alternatives)))
-
-
-def date_condition(date: DateFilter, column: Any = None, low: Any = None, high: Any = None) -> ColumnElement[bool]:
-    """The prefix applied to the range [low, high) the value names; column and bounds default to the filter's."""
-    if column is None:
-        column = FhirResource.date if date.column == "date" else FhirResource.last_updated
-    low, high = date.low if low is None else low, date.high if high is None else high
-    return {
-        "eq": and_(column >= low, column < high),
-        "ne": or_(column < low, column >= high),
-        "gt": column >= high,
-        "lt": column < low,
-        "ge": column >= low,
-        "le": column < high,
-    }[date.prefix]
 
 
 def conditions(resource_type: str, params: SearchParams, patient_ids: list[str] | None,
@@ -230,8 +201,6 @@ def search(identity: Identity, resource_type: str, query: MultiDict[str, str], b
     params = parse(resource_type, query)
     scopes = _scopes(identity, params)
     if resource_type == "Patient":
-        from hie.exchange.patient_search import register_matches
-
         rows, total = register_matches(identity, params)
     else:
         rows, total = _matches(identity, resource_type, params, scopes)
