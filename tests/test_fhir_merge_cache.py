@@ -152,3 +152,16 @@ def test_everything_breaks_the_glass_with_a_reason_and_audits_it(client, as_user
     assert BREAK_GLASS["X-Break-Glass-Reason"] in events[1][2]
     nurse = client.get(f"/fhir/Patient/{p['b']['id']}/$everything", headers={**as_user("yaodu.nurse"), **BREAK_GLASS})
     assert nurse.status_code == 404, "nurses hold no break-glass permission"
+
+
+def test_a_cached_summary_that_does_not_open_is_a_miss_not_an_error(client, as_user, cache):
+    """A blob from another release, or garbage: the answer is rebuilt from the shards and the cache repaired."""
+    doctor = as_user("yaodu.doctor")
+    subject = create(client, doctor, patient())
+    observation = create(client, doctor, clinical("Observation", f"Patient/{subject['id']}"))
+    person = _person(client, doctor, subject["id"])
+    key = store.everything_cache_key(person)
+    for unreadable in (b'"k2026$old-json-format"', b"garbage"):
+        cache.set_bytes(key, unreadable)
+        assert _ids(client, doctor, subject["id"]) == {subject["id"], observation["id"]}
+        assert cache.get_bytes(key) not in (None, unreadable), "the summary was rebuilt and cached again"

@@ -191,3 +191,12 @@ def test_parse_roles_is_the_one_check():
     for raw, message in (([], "at least one role"), (["wizard"], "'wizard' is not one of")):
         with pytest.raises(accounts.AccountError, match=message):
             accounts.parse_roles(raw)
+
+
+def test_add_user_itself_refuses_no_roles_and_merges_duplicates(client, app, platform_db):
+    with session_scope(app.extensions["hie.engines"].platform) as session, app.app_context():
+        with pytest.raises(accounts.AccountError, match="at least one role"):
+            accounts.add_user(session, "no.roles", [], "YAODU-CH", PASSWORD)
+        user = accounts.add_user(session, "two.nurses", [Role.nurse, Role.nurse], "YAODU-CH", PASSWORD)
+        assert user.roles == {Role.nurse}
+    assert platform_db.scalar(select(User.id).where(User.username == "no.roles")) is None

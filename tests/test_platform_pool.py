@@ -32,12 +32,26 @@ def test_a_connection_returned_inside_a_transaction_is_rolled_back(probe_table):
     assert _count(probe_table) == 0
 
 
-def test_committed_work_survives_the_return_and_the_connection_is_reused_clean(probe_table):
-    with probe_table.begin() as conn:
-        conn.execute(text("INSERT INTO pool_probe VALUES (2)"))
+def _rollbacks(raw) -> tuple[int, int]:
+    """This server session's id and how many ROLLBACKs it has run."""
+    cursor = raw.cursor()
+    cursor.execute("SELECT CONNECTION_ID()")
+    session_id = cursor.fetchone()[0]
+    cursor.execute("SHOW SESSION STATUS LIKE 'Com_rollback'")
+    return session_id, int(cursor.fetchone()[1])
+
+
+def test_a_connection_returned_after_its_commit_costs_no_rollback(probe_table):
+    probe_table.dispose()
     raw = probe_table.raw_connection()
-    assert not raw.dbapi_connection.server_status & 1, "a returned connection carries no open transaction"
+    session_id, before = _rollbacks(raw)
+    raw.commit()
+    raw.cursor().execute("INSERT INTO pool_probe VALUES (2)")
+    raw.commit()
     raw.close()
+    again = probe_table.raw_connection()
+    assert _rollbacks(again) == (session_id, before), "the pool sent a ROLLBACK after a committed transaction"
+    again.close()
     assert _count(probe_table) == 1
 
 

@@ -50,7 +50,8 @@ from hie.platform.jobs.services import PLATFORM, emit
 
 MAX_CANDIDATES = 50
 # A key held by more records (张伟's name at a million persons) finds no one in particular and would make every
-# registration group thousands of rows, so candidate search leaves it out; batch dedupe skips such blocks too.
+# registration group thousands of rows, so candidate search leaves it out (batch dedupe likewise skips blocks
+# above its own, smaller MAX_BLOCK_SIZE, since it compares every pair inside a block).
 MAX_BLOCK = 500
 DEMOGRAPHIC_FIELDS = ("name", "family_name", "given_name", "sex", "birth_date", "id_type", "id_number", "phone",
                       "address")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import current_app
@@ -13,8 +14,10 @@ from hie.exchange.models import FhirResource
 from hie.platform import access
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
-from hie.platform.crypto import keyring
+from hie.platform.crypto import DecryptionError, keyring
 from hie.platform.db import shard_session
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = (FhirResource.resource_type, FhirResource.id, FhirResource.version, FhirResource.institution_id,
             FhirResource.patient_id, FhirResource.sealed, FhirResource.content)
@@ -68,9 +71,14 @@ def _cached_rows(scope: store.PatientScope) -> list[dict[str, Any]]:
     sealed = cache.get_bytes(key)
     # Packed and sealed as bytes: a hit is one AES-GCM open and a parse of the header, never of the resources.
     if sealed:
-        stamp, rows = _unpack(ring.decrypt_bytes(sealed, key))
-        if stamp == scope.stamp:
-            return rows
+        try:
+            stamp, rows = _unpack(ring.decrypt_bytes(sealed, key))
+        except (DecryptionError, ValueError):
+            # The cache is never a source of truth: a blob that does not open is a miss, and is replaced.
+            log.warning("cached $everything summary %s did not open; rebuilding it", key)
+        else:
+            if stamp == scope.stamp:
+                return rows
     rows = _summary(scope.shards)
     cache.set_bytes(key, ring.encrypt_bytes(_pack(scope.stamp, rows), key))
     return rows

@@ -36,14 +36,14 @@ def locate(tenant_code: str, person_id: str) -> None:
     """Record that the person has records in this shard and move its stamp (in the writer's transaction)."""
     platform = platform_session()
     location = platform.get(RecordLocation, (person_id, tenant_code))
-    # Held for the request, so the identity map keeps it and the next write for the pair needs no SELECT.
-    g.setdefault("hie_registry_rows", {})[(person_id, tenant_code)] = location
     if location is None:
-        platform.add(RecordLocation(master_person_id=person_id, tenant_code=tenant_code,
-                                    last_updated=_request_time()))
+        location = RecordLocation(master_person_id=person_id, tenant_code=tenant_code, last_updated=_request_time())
+        platform.add(location)
         platform.flush()
     else:
         location.last_updated = _request_time()
+    # Held for the request, so the identity map keeps it and the next write for the pair needs no SELECT.
+    g.setdefault("hie_registry_rows", {})[(person_id, tenant_code)] = location
 
 
 def touch(tenant_code: str, *person_ids: str | None) -> None:
@@ -54,4 +54,4 @@ def touch(tenant_code: str, *person_ids: str | None) -> None:
     if persons:
         platform.execute(update(RecordLocation).where(
             RecordLocation.tenant_code == tenant_code, RecordLocation.master_person_id.in_(persons))
-            .values(last_updated=utcnow()))
+            .values(last_updated=_request_time()))

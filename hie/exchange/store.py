@@ -33,8 +33,8 @@ from hie.tenants.models import Institution, Tenant
 
 
 def everything_cache_key(person_id: str) -> str:
-    """Cache key of a master person's $everything summary."""
-    return f"everything:{person_id}"
+    """Cache key of a master person's $everything summary (v2: the packed byte format)."""
+    return f"everything:v2:{person_id}"
 
 
 def new_resource_id(resource_type: str, tenant_code: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +22,7 @@ class AccountError(ValueError):
     """Bad input for an account; the message names the field."""
 
 
-def parse_roles(raw: list[str]) -> list[Role]:
+def parse_roles(raw: Iterable[str]) -> list[Role]:
     """Role names to Roles (each once, in order), refusing unknown ones and none: the one place roles are checked."""
     roles = []
     for name in raw:
@@ -52,7 +53,8 @@ def add_user(
     display_name: str | None = None, department: str | None = None, title: str | None = None,
     licence_number: str | None = None, patient_id: str | None = None, shard: Session | None = None,
 ) -> User:
-    """A new account with roles from parse_roles(); a resident names a patient record held in `shard`."""
+    """A new account (roles checked by parse_roles here too); a resident names a patient record held in `shard`."""
+    roles = parse_roles(roles)
     if not _USERNAME_RE.fullmatch(username):
         raise AccountError(f"username {username!r} must be 3-64 lowercase letters, digits, '.', '-' or '_'")
     problem = password_problem(password)
@@ -87,8 +89,9 @@ def add_user(
 
 
 def update_user(session: Session, user: User, active: bool | None, roles: list[Role] | None) -> None:
-    """Disable, re-enable or re-role an account (roles from parse_roles()); residents stay residents."""
+    """Disable, re-enable or re-role an account (roles checked by parse_roles); residents stay residents."""
     if roles is not None:
+        roles = parse_roles(roles)
         if (Role.resident in roles) != (Role.resident in user.roles) or (Role.resident in roles and len(roles) > 1):
             raise AccountError("roles: a resident account holds only the resident role, and vice versa")
         user.role_rows = [UserRole(role=role) for role in roles]
