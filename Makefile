@@ -12,13 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Both commands print the address they read from HIE_BIND (or --bind), never a fixed one.
 run: $(STAMP)
 	$(BIN)/hie init --with-demo
-	@echo ""
-	@echo "API:      http://127.0.0.1:5000/docs  (Swagger UI)   http://127.0.0.1:5000/openapi.json"
-	@echo "Log in:   curl -s -X POST http://127.0.0.1:5000/api/v1/auth/token -H 'Content-Type: application/json' \\"
-	@echo "            -d '{\"username\": \"yaodu.doctor\", \"password\": \"Linfen-Demo-2026\"}'"
-	@echo ""
 	$(BIN)/hie serve
 
 test: $(STAMP)

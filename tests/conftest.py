@@ -29,19 +29,20 @@ from hie.platform.app import create_app
 from hie.platform.audit.models import AuditChainHead, AuditEvent
 from hie.platform.audit.services import GENESIS_HASH
 from hie.platform.auth import accounts
-from hie.platform.auth.models import AuthSession, Role, User, UserRole
+from hie.platform.auth.models import AuthSession, LoginAlert, LoginThrottle, Role, User, UserRole
 from hie.platform.care import CareRelationship
 from hie.platform.config import load_config
 from hie.platform.db import session_scope
 from hie.platform.jobs.models import HandledEvent, PlatformOutboxEvent, TenantOutboxEvent
 from hie.tenants import services
-from hie.tenants.models import Institution, InstitutionLevel, RegionLevel, Tenant
+from hie.tenants.models import Institution, InstitutionLevel, Region, RegionLevel, Tenant
 
 MYSQL_URL = os.environ.get("HIE_TEST_MYSQL_URL")
 REDIS_URL = os.environ.get("HIE_TEST_REDIS_URL")
 PASSWORD = "Test-pass-123"
 TENANTS = ("linfen", "yaodu", "quwo")
 MYSQL_PREFIX = f"hie_test{os.getpid()}_"
+SEEDED_REGIONS = ("141000", "141002", "141021", "141002100")
 
 USERS: dict[str, tuple[Role, str]] = {
     "admin": (Role.platform_admin, "LF-HC"),
@@ -116,7 +117,7 @@ def app(home: Path) -> Iterator[Flask]:
     if MYSQL_URL:
         _drop_mysql_databases()
     config = load_config(hie_environ(home), argon2_time_cost=1, argon2_memory_kib=1024, testing=True,
-                         lockout_threshold=3)
+                         login_free_failures=3, login_alert_failures=9)
     application = create_app(config)
     with application.app_context():
         services.upgrade_all(application.extensions["hie.engines"])
@@ -134,10 +135,10 @@ def wipe(app: Flask) -> None:
         session.execute(update(MasterPerson).values(merged_into=None))
         for model in (AuditEvent, HandledEvent, PlatformOutboxEvent, AuthSession, CareRelationship,
                       InstitutionPatientCount, BlockingKey, ReviewItem, NotAMatch, PersonEvent, PersonRecord,
-                      MasterPerson, MatchModel, RegionThresholds, RecordLocation):
+                      MasterPerson, MatchModel, RegionThresholds, RecordLocation, LoginThrottle, LoginAlert):
             session.execute(delete(model))
         session.execute(delete(User).where(User.username.not_in(list(USERS))))
-        session.execute(update(User).values(failed_logins=0, locked_until=None, active=True))
+        session.execute(update(User).values(active=True))
         session.execute(delete(UserRole))
         ids = dict(session.execute(select(User.username, User.id)).all())
         session.add_all(UserRole(user_id=ids[name], role=role) for name, (role, _) in USERS.items())
@@ -145,6 +146,8 @@ def wipe(app: Flask) -> None:
         session.execute(delete(Institution).where(
             Institution.code.not_in(["LF-PH", "LF-HC", "YAODU-CH", "YAODU-T1", "QUWO-CH"])))
         session.execute(delete(Tenant).where(Tenant.code.not_in(list(TENANTS))))
+        session.execute(update(Region).where(Region.code.not_in(SEEDED_REGIONS)).values(parent_code=None))
+        session.execute(delete(Region).where(Region.code.not_in(SEEDED_REGIONS)))
     for code in TENANTS:
         with session_scope(shard_engine(app, code)) as shard:
             for model in (FhirToken, FhirResourceVersion, FhirResource, Patient):

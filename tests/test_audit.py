@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Integer, delete, func, select, update
 
 from hie.platform.audit.models import AuditChainHead, AuditEvent
 from hie.platform.cli import main
@@ -42,6 +44,34 @@ def test_edited_event_is_detected(some_events, verify, platform_db):
     result = verify()
     assert result.exit_code == 1
     assert "event 2: event edited" in result.output
+
+
+_EDITABLE = [c.key for c in AuditEvent.__table__.columns if c.key not in ("seq", "hash")]
+
+
+def _edited(value: object, column) -> object:  # noqa: ANN001
+    """Another value of the column's type: what someone with write access to the database might put there."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, datetime):
+        return value + timedelta(seconds=1)
+    if isinstance(column.type, Integer):
+        return (value or 0) + 1
+    return ("x" + (value or ""))[: getattr(column.type, "length", None) or None]
+
+
+@pytest.mark.parametrize("field", _EDITABLE)
+def test_an_edit_of_any_stored_field_is_detected(some_events, verify, platform_db, field):
+    """Every column but the hash itself is chained: an edited break-glass flag or source address is found too."""
+    column = AuditEvent.__table__.c[field]
+    before = platform_db.get(AuditEvent, 2)
+    changed = _edited(getattr(before, field), column)
+    assert changed != getattr(before, field)
+    platform_db.execute(update(AuditEvent).where(AuditEvent.seq == 2).values({field: changed}))
+    platform_db.commit()
+    result = verify()
+    assert result.exit_code == 1
+    assert "TAMPERED at event 2: event edited (its hash does not match)" in result.output
 
 
 def test_edited_event_with_recomputed_plain_hash_is_still_detected(some_events, verify, platform_db):

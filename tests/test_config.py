@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -79,11 +82,48 @@ def test_unwritable_home_is_refused_by_name(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="HIE_HOME"):
         load_config({"HIE_HOME": str(blocker / "home")})
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    if not os.access(locked, os.W_OK):
-        with pytest.raises(ConfigError, match="HIE_HOME"):
-            load_config({"HIE_HOME": str(locked)})
+
+
+
+def _refusal_without_root(home: Path) -> str:
+    """load_config's answer in a forked child that, if root, became `nobody` first: root ignores permission bits."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                load_config({"HIE_HOME": str(home)})
+                answer = "accepted"
+            except ConfigError as exc:
+                answer = str(exc)
+            os.write(write, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def test_existing_home_the_process_may_not_write_is_refused_by_name():
+    """Also as root, which is how CI runs: the check then runs as the unprivileged `nobody`."""
+    parent = Path(tempfile.mkdtemp(prefix="hie-locked-"))
+    locked = parent / "home"
+    try:
+        parent.chmod(0o755)
+        locked.mkdir()
+        locked.chmod(0o555)
+        answer = _refusal_without_root(locked)
+    finally:
+        locked.chmod(0o755)
+        shutil.rmtree(parent)
+    assert answer == f"HIE_HOME {locked} is not a writable directory"
 
 
 def test_mistyped_keyring_file_stops_an_initialised_platform(app, home):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,14 +19,17 @@ from tests.conftest import MYSQL_URL
 PASSWORD = "Linfen-Demo-2026"
 LOINC = "http://loinc.org"
 LAB_CODES = ("58410-2", "1742-6", "2160-0", "4548-4", "1558-6")
+DEMO_BIND = "127.0.0.1:5077"
 PLATFORM_TABLES = ("users", "empi_persons", "empi_records", "exchange_registry", "care_relationships")
 
 pytestmark = pytest.mark.skipif(bool(MYSQL_URL), reason="reads the demo's SQLite files directly")
 
 
-def _hie(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _hie(home: Path, *args: str, bind: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIE_")}
     env["HIE_HOME"] = str(home)
+    if bind:
+        env["HIE_BIND"] = bind
     result = subprocess.run([sys.executable, "-m", "hie.platform.cli", *args], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -49,7 +53,7 @@ def _counts(home: Path) -> dict[str, int]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """One demo build for the module: it is the slow part."""
     home = tmp_path_factory.mktemp("demo-data")
-    yield home, _hie(home, "init", "--with-demo").stdout
+    yield home, _hie(home, "init", "--with-demo", bind=DEMO_BIND).stdout
 
 
 def test_patients_in_several_tenants_with_coded_labs(demo: tuple[Path, str]) -> None:
@@ -106,3 +110,55 @@ def test_rerun_changes_nothing(demo: tuple[Path, str]) -> None:
     again = _hie(home, "demo")
     assert "demo records: already loaded" in again.stdout
     assert _counts(home) == before
+
+
+@pytest.fixture(scope="module")
+def demo_client(demo: tuple[Path, str]) -> Iterator[Any]:
+    """A client on the demo home, with a login helper for the demo accounts."""
+    home, _ = demo
+    app = create_app(load_config({"HIE_HOME": str(home)}))
+    with app.test_client() as client:
+        yield client
+    app.extensions["hie.engines"].dispose()
+
+
+def _demo_login(client: Any, username: str) -> dict[str, str]:
+    token = client.post("/api/v1/auth/token", json={"username": username, "password": PASSWORD})
+    assert token.status_code == 200, token.get_json()
+    return {"Authorization": f"Bearer {token.get_json()['access_token']}"}
+
+
+def test_resident_sees_own_records_through_the_portal_and_fhir(demo: tuple[Path, str], demo_client: Any) -> None:
+    headers = _demo_login(demo_client, "yaodu.resident")
+    found = demo_client.get("/fhir/Patient", headers=headers).get_json()
+    own = [entry["resource"]["id"] for entry in found["entry"]]
+    assert own, "the resident finds no Patient of their own"
+    record = demo_client.get(f"/api/v1/patients/{own[0]}", headers=headers)
+    assert record.status_code == 200, record.get_json()
+    assert record.get_json()["access_basis"] == "self" and record.get_json()["master_person_id"]
+    everything = demo_client.get(f"/fhir/Patient/{own[0]}/$everything", headers=headers)
+    assert everything.status_code == 200, everything.get_json()
+    resources = [entry["resource"] for entry in everything.get_json()["entry"]]
+    shards = {r["id"].split(".", 1)[0] for r in resources if r["resourceType"] != "Patient"}
+    assert {"yaodu", "linfen"} <= shards, "the township centre's and the city hospital's records"
+    observations = demo_client.get(f"/fhir/Observation?patient={own[0]}", headers=headers).get_json()
+    assert observations["total"] > 0 and observations["entry"]
+
+
+def test_init_shows_where_to_log_in_at_the_configured_address(demo: tuple[Path, str]) -> None:
+    _, output = demo
+    assert f"curl -s -X POST http://{DEMO_BIND}/api/v1/auth/token" in output
+    assert f"http://{DEMO_BIND}/docs" in output and "127.0.0.1:5000" not in output
+
+
+def test_steward_login_has_an_open_review_to_decide(demo: tuple[Path, str], demo_client: Any) -> None:
+    _, output = demo
+    assert "linfen.steward" in output and "data_steward" in output
+    headers = _demo_login(demo_client, "linfen.steward")
+    reviews = demo_client.get("/api/v1/empi/reviews", headers=headers)
+    assert reviews.status_code == 200, reviews.get_json()
+    pairs = {(r["record"]["local_id"], r["candidate"]["institution_code"]) for r in reviews.get_json()}
+    assert ("QUWOCH900001", "YAODU-CH") in pairs
+    person = reviews.get_json()[0]["candidate"]["master_person_id"]
+    history = demo_client.get(f"/api/v1/empi/persons/{person}/history", headers=headers)
+    assert history.status_code == 200, history.get_json()

@@ -115,3 +115,7 @@ def test_rebuild_links_what_new_thresholds_allow_and_it_can_be_undone(hie, clien
                        if pid != xref["master_person_id"])
     undo = client.post(f"/api/v1/empi/persons/{merged_away}/unmerge", headers=as_user("steward"))
     assert undo.status_code == 200
+    for mrn, before in (("P-1", first), ("P-2", second)):
+        back = client.get(f"/api/v1/empi/xref?local_id={mrn}", headers=as_user("yaodu.doctor")).get_json()
+        assert back["master_person_id"] == before["master_person_id"], f"{mrn} moved back to its own person"
+        assert {i["local_id"] for i in back["identifiers"]} == {mrn}

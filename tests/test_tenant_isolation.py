@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from hie.empi.models import PersonRecord
 from hie.platform.audit.models import AuditEvent
 from hie.platform.auth.models import User
+from hie.tenants.models import Region
 from tests.conftest import login, new_patient, shard_engine, valid_id
 
 
@@ -93,14 +94,20 @@ def test_city_specialist_cannot_read_county_record_directly(client, as_user):
     assert client.get(f"/api/v1/patients/{patient['id']}", headers=as_user("lfph.specialist")).status_code == 404
 
 
-def test_tenant_admin_cannot_add_institution_or_users_in_another_tenant(client, as_user):
+def test_tenant_admin_cannot_add_institution_or_users_in_another_tenant(client, as_user, platform_db):
+    from hie.tenants.models import Institution
+
     body = {"code": "YAODU-X", "name": "别人的诊所", "tenant_code": "yaodu", "level": "village_clinic"}
     response = client.post("/api/v1/institutions", json=body, headers=as_user("quwo.admin"))
     assert response.status_code == 403
+    assert platform_db.scalar(select(Institution).where(Institution.code == "YAODU-X")) is None
+    refused = [(e.outcome, e.request_id) for e in _events(platform_db, "quwo.admin", "authorize")]
+    assert refused == [("denied", response.headers["X-Request-Id"])]
     user = {"username": "intruder", "password": "Strong-pass-123", "roles": ["clinician"],
             "institution_code": "YAODU-CH"}
     response = client.post("/api/v1/users", json=user, headers=as_user("quwo.admin"))
     assert response.status_code == 422
+    assert platform_db.scalar(select(User).where(User.username == "intruder")) is None
     assert client.post("/api/v1/auth/token", json={"username": "intruder", "password": "Strong-pass-123"}) \
         .status_code == 401
 
@@ -109,7 +116,10 @@ def test_tenant_admin_cannot_add_institution_or_users_in_another_tenant(client, 
 
 _SKIPPED_ENDPOINTS = {"static", "swagger_ui_asset", "fhir.unmatched", "fhir.unmatched_root"}
 _ROLE_GATED = {"empi.PersonById", "empi.PersonHistory", "empi.Merge", "empi.Unmerge", "empi.ReviewDecision",
-               "tenants.UserById"}
+               "tenants.UserById", "tenants.RegionByCode"}
+# The patient each fixture id is about: every refusal naming one of these ids must name that patient.
+_PATIENT_OF = {"{local}": "local", "{fhir_patient}": "fhir_patient", "{observation}": "fhir_patient",
+               "{condition}": "fhir_patient"}
 # (endpoint, method, values) -> the URL arguments; "{x}" names an id of yaodu's fixture data.
 _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("patients.PatientById", "GET", {"patient_id": "{local}"}),
@@ -131,6 +141,8 @@ _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("empi.Unmerge", "POST", {"person_id": "{person}"}),
     ("empi.ReviewDecision", "POST", {"review_id": "1"}),
     ("tenants.UserById", "PATCH", {"user_id": "{user}"}),
+    ("tenants.RegionByCode", "GET", {"code": "141002"}),
+    ("tenants.RegionByCode", "PATCH", {"code": "141002"}),
 ]
 
 
@@ -172,6 +184,8 @@ def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> 
         return {"decision": "link"}
     if endpoint == "tenants.UserById":
         return {"active": False}
+    if endpoint == "tenants.RegionByCode":
+        return {"name": "改过的名字"}
     return None
 
 
@@ -197,6 +211,8 @@ def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_
                 return client.get(url, headers=doctor).get_json()
             if endpoint == "tenants.UserById":
                 return platform_db.get(User, int(ids["user"])).active
+            if endpoint == "tenants.RegionByCode":
+                return platform_db.get(Region, filled["code"]).name
             return platform_db.execute(select(PersonRecord.person_id, PersonRecord.patient_id)
                                        .order_by(PersonRecord.id)).all()
 
@@ -208,6 +224,10 @@ def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_
     platform_db.rollback()
     events = platform_db.scalars(select(AuditEvent).where(AuditEvent.request_id == request_id)).all()
     assert events and all(e.username == "quwo.doctor" and e.outcome in ("not_found", "denied") for e in events)
+    involved = next((_PATIENT_OF[v] for v in values.values() if v in _PATIENT_OF), None)
+    if involved is not None and endpoint not in _ROLE_GATED:
+        assert len(events) == 1, [(e.action, e.outcome, e.patient) for e in events]
+        assert events[0].patient is not None and events[0].patient.endswith("/" + ids[involved]), events[0].patient
 
 
 _RESIDENT_ID = valid_id("14100219580312002")  # new_patient()'s resident ID; born 1958-03-12 like the FHIR Patient

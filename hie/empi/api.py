@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import func, select
@@ -24,7 +24,7 @@ from hie.empi.schemas import (
     ReviewSchema,
 )
 from hie.empi.services import thresholds_for
-from hie.platform.access import Permission, require
+from hie.platform.access import Permission, require, require_any
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import login_required
 from hie.platform.db import platform_session
@@ -64,7 +64,8 @@ class CrossReference(MethodView):
             abort(404, message="No record with that local id at your institution.")
         audit.record("xref", resource_type="MasterPerson", resource_id=person_id, patient=person_ref(person_id),
                      purpose="treatment")
-        return {"master_person_id": person_id, "identifiers": queries.identifiers(session, person_id)}
+        held = queries.holdings(session, identity, person_id)
+        return {"master_person_id": person_id, "identifiers": held.identifiers, "other_records": held.other_records}
 
 
 @blp.route("/persons")
@@ -76,18 +77,22 @@ class PersonQuery(MethodView):
     @blp.arguments(DemographicQuerySchema, location="query")
     @blp.response(200, PersonMatchSchema(many=True))
     def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
-        """Find master persons by demographics; results carry a score and a match grade"""
-        identity = require(Permission.patient_read)
+        """Find master persons by demographics, with a score and a match grade; a person's id and local records
+        only where the caller may read them, other registrations as a count (stewards see all)"""
+        identity = require_any(Permission.patient_read, Permission.empi_steward)
         count = query.pop("count")
         if not any(query.values()):
             abort(400, message="Give at least one of name, sex, birth_date, id_number, phone, address.")
         session = platform_session()
-        matches = queries.demographic_query(session, current_app.extensions["hie.keyring"], query, count,
+        matches = queries.demographic_query(session, _ring(), query, count,
                                             thresholds_for(session, identity.region_code))
+        held = {m.person_id: queries.holdings(session, identity, m.person_id) for m in matches}
+        shown = {person_id for person_id, holding in held.items() if holding.visible}
         audit.record("search", resource_type="MasterPerson", purpose="treatment",
-                     detail=f"fields={','.join(sorted(query))} results={len(matches)}")
-        return [{"master_person_id": m.person_id, "score": m.score, "weight": round(m.weight, 3),
-                 "grade": m.grade, "identifiers": queries.identifiers(session, m.person_id)} for m in matches]
+                     detail=queries.audit_detail(_ring(), g.request_id, "search", query, matches, shown))
+        return [{"master_person_id": m.person_id if m.person_id in shown else None, "score": m.score,
+                 "weight": round(m.weight, 3), "grade": m.grade, "identifiers": held[m.person_id].identifiers,
+                 "other_records": held[m.person_id].other_records} for m in matches]
 
 
 def _steward() -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.patient import Patient
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, g, json, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -14,6 +14,7 @@ from hie.empi import queries
 from hie.empi.services import thresholds_for
 from hie.exchange.outcome import FHIR_JSON, HTTP_ISSUE_CODES, FhirError, operation_outcome
 from hie.exchange.resources import RESIDENT_ID_SYSTEM
+from hie.platform import limits
 from hie.platform.access import Permission, permissions_of
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import authenticate_request
@@ -23,6 +24,7 @@ from hie.platform.db import platform_session
 bp = Blueprint("fhir_empi", __name__, url_prefix="/fhir")
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
 IDENTIFIER_SYSTEM = "urn:hie:institution:"
+OTHER_RECORDS_URL = "urn:hie:extension:other-records"  # how many of the person's records the caller may not read
 
 
 @bp.errorhandler(FhirError)
@@ -83,25 +85,49 @@ def patient_match() -> Response:
     """Score the EMPI's master persons against a Patient (FHIR R4 $match)."""
     authenticate_request()
     identity = current_identity()
-    if Permission.patient_read not in permissions_of(identity):
+    if not permissions_of(identity) & {Permission.patient_read, Permission.empi_steward}:
+        audit.record("authorize", outcome="denied", detail=f"missing {Permission.patient_read.value}")
         raise FhirError(403, "forbidden", "Patient matching needs the patient:read permission.")
     patient, count, only_certain = _parameters()
     session = platform_session()
     demographics = _demographics(patient)
     if not any(demographics.values()):
         raise FhirError(400, "required", "The Patient carries nothing to match on.", ["Patient"])
-    matches = queries.demographic_query(session, current_app.extensions["hie.keyring"], demographics, count,
+    overlong = limits.overlong_demographic(demographics)
+    if overlong is not None:
+        raise FhirError(400, "too-long", f"The Patient's {overlong} is longer than the "
+                        f"{limits.DEMOGRAPHIC_MAX_LENGTHS[overlong]} characters matching takes.", ["Patient"])
+    ring = current_app.extensions["hie.keyring"]
+    matches = queries.demographic_query(session, ring, demographics, count,
                                         thresholds_for(session, identity.region_code), only_certain)
-    entries = []
+    entries, unseen = [], []
     for match in matches:
-        identifiers = [{"system": IDENTIFIER_SYSTEM + ref["institution_code"], "value": ref["local_id"]}
-                       for ref in queries.identifiers(session, match.person_id)]
+        held = queries.holdings(session, identity, match.person_id)
+        if not held.visible:
+            unseen.append(held.other_records)
+            continue
+        resource: dict[str, Any] = {"resourceType": "Patient", "id": match.person_id, "identifier": [
+            {"system": IDENTIFIER_SYSTEM + ref["institution_code"], "value": ref["local_id"]}
+            for ref in held.identifiers]}
+        if held.other_records:
+            resource["extension"] = [{"url": OTHER_RECORDS_URL, "valueInteger": held.other_records}]
         entries.append({
-            "fullUrl": f"{request.host_url}fhir/Patient/{match.person_id}",
-            "resource": {"resourceType": "Patient", "id": match.person_id, "identifier": identifiers},
+            "fullUrl": f"{request.host_url}fhir/Patient/{match.person_id}", "resource": resource,
             "search": {"mode": "match", "score": match.score,
                        "extension": [{"url": MATCH_GRADE_URL, "valueCode": match.grade}]},
         })
-    audit.record("match", resource_type="Patient", purpose="treatment", detail=f"results={len(entries)}")
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+    shown = {entry["resource"]["id"] for entry in entries}
+    audit.record("match", resource_type="Patient", purpose="treatment",
+                 detail=queries.audit_detail(ring, g.request_id, "match", demographics, matches, shown))
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+              "entry": entries + ([_unseen_outcome(unseen)] if unseen else [])}
     return Response(json.dumps(bundle, ensure_ascii=False), status=200, mimetype=FHIR_JSON)
+
+
+def _unseen_outcome(unseen: list[int]) -> dict[str, Any]:
+    """Persons matched whose records the caller may not read: only how many, never who or where."""
+    diagnostics = (f"{len(unseen)} further matching person(s) hold {sum(unseen)} record(s) at institutions whose "
+                   "records you may not read; they are not shown.")
+    return {"resource": {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "suppressed", "diagnostics": diagnostics}]},
+            "search": {"mode": "outcome"}}

@@ -6,6 +6,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from hie.empi.fields import ID18
 from hie.empi.normalize import normalize_phone, parse_date, parse_resident_id
+from hie.platform.limits import AsciiInteger
 
 GRADES = ("certain", "probable", "possible")
 
@@ -25,10 +26,11 @@ class CrossReferenceQuerySchema(Schema):
 
 
 class CrossReferenceSchema(Schema):
-    """PIX answer: the master person and every local id it has."""
+    """PIX answer: the master person, its local ids the caller may read, and how many others it has."""
 
     master_person_id = fields.String()
     identifiers = fields.List(fields.Nested(LocalRecordRefSchema))
+    other_records = fields.Integer(metadata={"description": "local records the caller may not read"})
 
 
 class DemographicQuerySchema(Schema):
@@ -40,7 +42,7 @@ class DemographicQuerySchema(Schema):
     id_number = fields.String(validate=validate.Length(min=6, max=32))
     phone = fields.String(validate=validate.Length(min=7, max=20))
     address = fields.String(validate=validate.Length(min=2, max=300))
-    count = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
+    count = AsciiInteger(load_default=10, validate=validate.Range(min=1, max=50))
 
     @validates("birth_date")
     def _birth_date(self, value: str, **_: object) -> None:
@@ -60,13 +62,15 @@ class DemographicQuerySchema(Schema):
 
 
 class PersonMatchSchema(Schema):
-    """One master person that fits a demographic query."""
+    """One master person that fits a demographic query: its id and records only where the caller may read one."""
 
-    master_person_id = fields.String()
+    master_person_id = fields.String(allow_none=True, metadata={
+        "description": "null when the caller may read none of the person's records"})
     score = fields.Float()
     weight = fields.Float()
     grade = fields.String()
     identifiers = fields.List(fields.Nested(LocalRecordRefSchema))
+    other_records = fields.Integer(metadata={"description": "local records the caller may not read"})
 
 
 class DemographicsSchema(Schema):

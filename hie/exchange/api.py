@@ -12,13 +12,15 @@ from hie.exchange import bundles, everything, prior, store, tasks  # noqa: F401 
 from hie.exchange.capability import capability_statement
 from hie.exchange.outcome import HTTP_ISSUE_CODES, FhirError, fhir_response, operation_outcome
 from hie.exchange.resources import READ_ONLY, WRITABLE, validate
-from hie.platform.access import Permission, permissions_of, require_any, valid_break_glass_reason
+from hie.platform.access import Permission, require, require_any, valid_break_glass_reason
 from hie.platform.auth.decorators import authenticate_request
 from hie.platform.auth.identity import Identity
+from hie.platform.limits import MAX_INT, ascii_int
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+BODY_TYPES = ("application/fhir+json", "application/json")
 
 
 @bp.errorhandler(FhirError)
@@ -40,6 +42,9 @@ def _caller() -> Identity:
 
 
 def _body() -> Any:
+    if request.mimetype not in BODY_TYPES:
+        raise FhirError(415, "not-supported", f"The body must be FHIR JSON, sent as Content-Type {BODY_TYPES[0]} or "
+                        f"{BODY_TYPES[1]}, not {request.mimetype or 'undeclared'}.")
     body = request.get_json(force=True, silent=True)
     if body is None:
         raise FhirError(400, "structure", "The body must be FHIR JSON.")
@@ -54,10 +59,8 @@ def _type(resource_type: str) -> str:
 
 
 def _writer() -> Identity:
-    identity = _caller()
-    if Permission.patient_write not in permissions_of(identity):
-        raise FhirError(403, "forbidden", "Writing records needs the patient:write permission.")
-    return identity
+    _caller()
+    return require(Permission.patient_write)  # a refusal is a 403 with an authorize/denied audit event
 
 
 def _with_etag(resource: dict[str, Any], status: int = 200) -> Response:
@@ -71,10 +74,10 @@ def _if_match() -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    value = ascii_int(raw.strip().removeprefix("W/").strip('"'), 1, MAX_INT)
+    if value is None:
         raise FhirError(400, "invalid", 'If-Match must be W/"<versionId>".')
-    return int(value)
+    return value
 
 
 @bp.get("/metadata")
@@ -82,7 +85,8 @@ def metadata() -> Response:
     """What this server supports."""
     from importlib.metadata import version
 
-    return fhir_response(capability_statement(request.host_url, version("hie")))
+    return fhir_response(capability_statement(request.host_url, version("hie"),
+                                              current_app.config["HIE"].max_request_bytes))
 
 
 @bp.post("")

@@ -12,6 +12,7 @@ from hie.platform.audit import services as audit
 from hie.platform.audit.models import AuditEvent
 from hie.platform.auth.identity import current_identity
 from hie.platform.db import platform_session
+from hie.platform.limits import MAX_ID, ascii_int
 from hie.tenants.models import Tenant
 
 _ACTIONS = {"create": "C", "read": "R", "search": "E", "update": "U", "login": "E", "logout": "E"}
@@ -56,7 +57,8 @@ def read_audit_event(event_id: str) -> dict[str, Any]:
         audit.record("read", "denied", resource_type="AuditEvent", resource_id=event_id[:80], purpose="audit")
         raise FhirError(403, "forbidden", "Reading audit events needs the audit:read permission.")
     session = platform_session()
-    event = session.get(AuditEvent, int(event_id)) if event_id.isdigit() else None
+    seq = ascii_int(event_id, 1, MAX_ID)
+    event = session.get(AuditEvent, seq) if seq is not None else None
     if event is not None and event.tenant_code is not None:
         regions = region_subtree(session, identity.region_code)
         tenant_region = session.scalar(select(Tenant.region_code).where(Tenant.code == event.tenant_code))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from werkzeug.exceptions import HTTPException
 
@@ -12,6 +13,7 @@ from hie.exchange.outcome import HTTP_ISSUE_CODES, FhirError
 from hie.exchange.resources import references, validate
 from hie.platform.auth.identity import Identity
 from hie.platform.db import platform_session, shard_session
+from hie.platform.limits import ascii_int
 
 MAX_ENTRIES = 1000
 
@@ -47,18 +49,43 @@ class Planned:
 def _if_match(raw: Any, where: str) -> int | None:
     if raw is None:
         return None
-    value = raw.strip().removeprefix("W/").strip('"') if isinstance(raw, str) else ""
-    if not value.isdigit():
+    value = ascii_int(raw.strip().removeprefix("W/").strip('"'), 1) if isinstance(raw, str) else None
+    if value is None:
         raise FhirError(400, "invalid", 'request.ifMatch must be W/"<versionId>".', [f"{where}.ifMatch"])
-    return int(value)
+    return value
 
 
-def _request_of(entry: Any, index: int) -> tuple[str, str, int | None]:
+_ACTIONS = {"GET": "read", "HEAD": "read", "DELETE": "delete", "PATCH": "update"}
+
+
+def _asked(url: str) -> tuple[str, str]:
+    """(type, id) a refused entry's url asks for: Type/id[/...], or the patient of a Type?patient=... search."""
+    path, _, query = url.strip().strip("/").partition("?")
+    kind, _, rest = path.partition("/")
+    if rest:
+        return kind, rest.split("/", 1)[0]
+    for name, value in parse_qsl(query):
+        if name in ("patient", "subject"):
+            return "Patient", value.removeprefix("Patient/")
+    return kind, ""
+
+
+def _refuse_method(identity: Identity, method: Any, url: Any, where: str) -> None:
+    """Audit an entry refused for its method, naming the record (and patient) it asked for."""
+    action = _ACTIONS.get(method, "write") if isinstance(method, str) else "write"
+    kind, target_id = _asked(url) if isinstance(url, str) else ("", "")
+    store.refuse_record(identity, action, kind, target_id,
+                        f"{where}.method {str(method)[:10]!r} is not allowed in a Bundle", "denied")
+
+
+def _request_of(identity: Identity, entry: Any, index: int) -> tuple[str, str, int | None]:
     where = f"Bundle.entry[{index}].request"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         raise FhirError(400, "required", "Each entry needs a request with method and url.", [where])
     request = entry["request"]
     method, url = request.get("method"), request.get("url")
+    if method not in ("POST", "PUT"):
+        _refuse_method(identity, method, url, where)
     if method not in ("POST", "PUT") or not isinstance(url, str):
         raise FhirError(400, "not-supported", "Entries may only POST (create) or PUT (update).", [f"{where}.method"])
     for name in CONDITIONAL:
@@ -78,7 +105,7 @@ def _plan(identity: Identity, entries: list[tuple[int, Any]]) -> list[Planned]:
     """Validate every entry and assign ids before storing anything, so references can be rewritten."""
     planned, aliases = [], {}
     for index, entry in entries:
-        method, url, if_match = _request_of(entry, index)
+        method, url, if_match = _request_of(identity, entry, index)
         path = f"Bundle.entry[{index}].resource"
         resource = validate(entry.get("resource"), None, path)
         resource_type = resource["resourceType"]

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hie.exchange.resources import FHIR_VERSION, WRITABLE
-from hie.exchange.search_params import INCLUDES, search_param_types
+from hie.exchange.resources import EARLIEST_YEAR, FHIR_VERSION, LATEST_YEAR, MAX_STRING, STRING_LIMITS, WRITABLE
+from hie.exchange.search_params import (
+    INCLUDES,
+    MAX_COUNT,
+    MAX_OR_VALUES,
+    MAX_PARAMETERS,
+    MAX_TOKEN_LENGTH,
+    SEARCH_YEARS,
+    search_param_types,
+)
+from hie.platform.limits import MAX_INT, MAX_JSON_DEPTH
 
 INTERACTIONS = ("read", "vread", "update", "create", "search-type")
 OPERATIONS = [
@@ -39,7 +48,23 @@ def _resource(resource_type: str) -> dict[str, Any]:
     return entry
 
 
-def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
+def limits_documentation(max_request_bytes: int) -> str:
+    """The bounds every request is held to, as the CapabilityStatement and docs/architecture.md state them."""
+    named = "; ".join(f"{element} {limit if limit is not None else 'only the body size'}"
+                      for element, limit in STRING_LIMITS.items())
+    return (f"Limits. A body is JSON (Content-Type application/fhir+json or application/json; else 415) of at most "
+            f"{max_request_bytes} bytes, nested at most {MAX_JSON_DEPTH} levels deep (else 400). A string element "
+            f"holds at most {MAX_STRING} characters, except (by the last names of its path): {named}; a longer one "
+            f"is 422 too-long naming the element. A Patient's family and given names together are at most "
+            f"{STRING_LIMITS['name.text']} characters; a Patient needs a name or an identifier and a birthDate not in "
+            f"the future. Indexed dates (birthDate, effective, onset, authoredOn...) lie in the years "
+            f"{EARLIEST_YEAR} to {LATEST_YEAR}, date search values in {SEARCH_YEARS[0]} to {SEARCH_YEARS[1]}. A search "
+            f"takes at most {MAX_PARAMETERS} parameters, each with at most {MAX_OR_VALUES} comma-separated values, "
+            f"systems and codes of at most {MAX_TOKEN_LENGTH} characters, _count 0 to {MAX_COUNT} and _offset 0 to "
+            f"{MAX_INT}; numbers are ASCII digits 0-9 only.")
+
+
+def capability_statement(base_url: str, software_version: str, max_request_bytes: int) -> dict[str, Any]:
     """Declared FHIR version is the one fhir.resources validates against (R4B, 4.3.0)."""
     resources = [_resource(resource_type) for resource_type in WRITABLE]
     resources.append({"type": "AuditEvent", "interaction": [{"code": "read"}]})
@@ -54,6 +79,7 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
         "implementation": {"description": "Regional health information exchange", "url": f"{base_url}fhir"},
         "rest": [{
             "mode": "server",
+            "documentation": limits_documentation(max_request_bytes),
             "security": {"service": [{"text": "OAuth2-style Bearer token from /api/v1/auth/token"}]},
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],

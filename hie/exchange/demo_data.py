@@ -6,14 +6,15 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
 from flask import Flask, g
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from hie.empi.models import ReviewItem, ReviewStatus
 from hie.exchange import store
 from hie.exchange.bundles import transaction
 from hie.exchange.demo_records import GLUCOSE, HBA1C, PANELS, Demographics, RecordBuilder
@@ -30,6 +31,7 @@ from hie.tenants.services import resolved_url
 
 SEED = 20261101
 PATIENTS = 300
+LOOK_ALIKE = ("QUWO-CH", "QUWOCH900001")  # a namesake without an ID card, left for a steward to review
 TODAY = date(2026, 10, 31)
 # Each institution's records are sent by its demo clinician, so the audit and access checks are real.
 WRITERS = {"YAODU-T1": "yaodu.familydoctor", "YAODU-CH": "yaodu.doctor", "QUWO-CH": "quwo.doctor",
@@ -126,6 +128,20 @@ def demo_people(count: int = PATIENTS, seed: int = SEED) -> list[DemoPerson]:
     """The same people on every run: the generator is seeded."""
     people = _People(seed)
     return [people.person(index) for index in range(count)]
+
+
+def resident_record() -> tuple[str, str]:
+    """(institution code, MRN) of the demo resident's own record: the first person, at their township centre."""
+    return demo_people(1)[0].registrations[0]
+
+
+def look_alike(people: list[DemoPerson]) -> DemoPerson:
+    """Someone with a county-hospital patient's name, sex and birth date, registered in another county without an
+    ID card: the EMPI neither links nor ignores such a pair, so the demo's data steward has a review to decide."""
+    original = next(p for p in people if p.registrations[0][0] == "YAODU-CH" and len(p.registrations) == 1)
+    demographics = replace(original.demographics, id_number="", phone="13703570001",
+                           address="山西省临汾市曲沃县乐昌镇东关村1号")
+    return DemoPerson(demographics, (LOOK_ALIKE,), ())
 
 
 def _primary_care(builder: RecordBuilder, rng: random.Random) -> None:
@@ -230,7 +246,7 @@ def load_demo_records(app: Flask, echo: Callable[[str], None]) -> None:
     done = {code: _registered(app, institution) for code, institution in institutions.items()}
     people = demo_people()
     registrations = resources = 0
-    for person in people:
+    for person in (*people, look_alike(people)):
         last = len(person.registrations) - 1
         for position, (code, mrn) in enumerate(person.registrations):
             if mrn in done[code]:
@@ -243,6 +259,10 @@ def load_demo_records(app: Flask, echo: Callable[[str], None]) -> None:
         return
     tenants = {writers[code].tenant_code for person in people for code, _ in person.registrations}
     linked = sum(len(person.registrations) > 1 for person in people)
+    with Session(engines.platform) as session:
+        reviews = session.scalar(select(func.count()).select_from(ReviewItem)
+                                 .where(ReviewItem.status == ReviewStatus.open))
     echo(f"demo records: {len(people)} patients, {registrations} registrations at {len(writers)} institutions "
          f"in {len(tenants)} tenants ({linked} registered in two, {sum(bool(p.cared_by) for p in people)} "
-         f"with care relationships), {resources} resources in {time.monotonic() - started:.1f} s")
+         f"with care relationships), {resources} resources in {time.monotonic() - started:.1f} s; "
+         f"{reviews} EMPI review(s) open")

@@ -69,7 +69,7 @@ class Demographics:
     name: str
     sex: str
     birth: date
-    id_number: str
+    id_number: str  # "" for a person registered without an ID card
     phone: str
     address: str
     htn: bool
@@ -99,9 +99,10 @@ class RecordBuilder:
 
     def _patient(self, mrn: str) -> dict[str, Any]:
         p = self.person
-        return {"resourceType": "Patient",
-                "identifier": [{"system": MRN_SYSTEM_PREFIX + self.institution, "value": mrn},
-                               {"system": RESIDENT_ID_SYSTEM, "value": p.id_number}],
+        identifiers = [{"system": MRN_SYSTEM_PREFIX + self.institution, "value": mrn}]
+        if p.id_number:
+            identifiers.append({"system": RESIDENT_ID_SYSTEM, "value": p.id_number})
+        return {"resourceType": "Patient", "identifier": identifiers,
                 "name": [{"text": p.name, "family": p.name[0], "given": [p.name[1:]]}],
                 "gender": "male" if p.sex == "M" else "female", "birthDate": p.birth.isoformat(),
                 "telecom": [{"system": "phone", "value": p.phone, "use": "mobile"}],

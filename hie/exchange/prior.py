@@ -16,6 +16,7 @@ from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity
 from hie.platform.config import PRIOR_RESULTS_MAX_DAYS
 from hie.platform.db import platform_session, shard_session, utcnow
+from hie.platform.limits import ascii_int
 from hie.tenants.models import Institution
 
 RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
@@ -29,12 +30,12 @@ def _arguments(args: MultiDict) -> tuple[str | None, str, int]:
     system, bar, code = raw.partition("|")
     if not bar:
         system, code = "", raw
-    try:
-        days = int(args.get("days", current_app.config["HIE"].prior_results_days))
-    except ValueError:
-        raise FhirError(400, "invalid", "days must be a whole number.", ["days"]) from None
-    if not 1 <= days <= PRIOR_RESULTS_MAX_DAYS:
-        raise FhirError(400, "invalid", f"days must be between 1 and {PRIOR_RESULTS_MAX_DAYS}.", ["days"])
+    raw_days = args.get("days")
+    days = current_app.config["HIE"].prior_results_days if raw_days is None else \
+        ascii_int(raw_days, 1, PRIOR_RESULTS_MAX_DAYS)
+    if days is None:
+        raise FhirError(400, "invalid", f"days must be a whole number from 1 to {PRIOR_RESULTS_MAX_DAYS}, "
+                        "in digits 0-9.", ["days"])
     return system or None, code, days
 
 
@@ -44,7 +45,8 @@ def prior_results(identity: Identity, patient_id: str, args: MultiDict) -> dict[
     since = utcnow() - timedelta(days=days)
     results: list[dict[str, Any]] = []
     names = dict(platform_session().execute(select(Institution.id, Institution.name)).all())
-    for tenant_code, patient_ids in store.shards_for_patient(identity, patient_id):
+    scope = store.locate_patient(identity, patient_id, resource_type="PriorResults")
+    for tenant_code, patient_ids in scope.shards:
         query = (select(FhirResource).join(FhirToken, (FhirToken.resource_type == FhirResource.resource_type)
                                            & (FhirToken.resource_id == FhirResource.id))
                  .where(FhirResource.resource_type.in_(RESULT_TYPES), FhirResource.patient_id.in_(patient_ids),
@@ -65,6 +67,7 @@ def prior_results(identity: Identity, patient_id: str, args: MultiDict) -> dict[
                 part.append({"name": "result", "valueReference": {"reference": f"{row.resource_type}/{row.id}"}})
             results.append({"name": "prior", "part": part})
     audit.record("read", resource_type="PriorResults", resource_id=patient_id, purpose="treatment",
+                 patient=audit.patient_ref(scope.tenant_code, patient_id),
                  detail=f"code={code} days={days} found={len(results)}")
     return {"resourceType": "Parameters",
             "parameter": [{"name": "found", "valueBoolean": bool(results)}, *results]}

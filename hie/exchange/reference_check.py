@@ -30,8 +30,9 @@ def _same_person(tenant_code: str, patient_ref: str | None, other_tenant: str, o
 
 
 def check_references(identity: Identity, resource: dict[str, Any], path: str, person_id: str | None,
-                     bundled: dict[str, dict[str, Any]] | None = None) -> None:
-    """Patient references to patients the writer may see; records existing, visible, about the same patient."""
+                     bundled: dict[str, dict[str, Any]] | None = None, action: str = "create") -> None:
+    """Patient references to patients the writer may see; records existing, visible, about the same patient.
+    A refusal of a stored record is audited as action, naming the record and its patient."""
     root = path or resource["resourceType"]
     subject = None if resource["resourceType"] == "Patient" else \
         f"{root}.{PATIENT_FIELD.get(resource['resourceType'], 'subject')}"
@@ -49,8 +50,10 @@ def check_references(identity: Identity, resource: dict[str, Any], path: str, pe
         found = store.locate_row(kind, target_id)
         target_person = store.person_of(found[0], found[1].patient_id) if found else None
         if found is None or store.basis_for(identity, found[0], found[1], person_id=target_person) is None:
+            store.refuse_record(identity, action, kind, target_id, f"referenced at {where}")
             what = "is not a patient you may see" if kind == "Patient" else "does not exist or is not visible to you"
             raise FhirError(422, "processing", f"{key} {what}.", [where])
         if kind != "Patient" and resource["resourceType"] != "Patient" and not _same_person(
                 identity.tenant_code, patient_ref, found[0], found[1].patient_id, person_id, target_person):
+            store.refuse_record(identity, action, kind, target_id, f"referenced at {where}", "failure")
             raise FhirError(422, "processing", f"{key} is about another patient.", [where])

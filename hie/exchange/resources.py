@@ -13,6 +13,7 @@ from flask import current_app, has_app_context
 from pydantic import ValidationError
 
 from hie.exchange.outcome import FhirError
+from hie.platform.limits import DEMOGRAPHIC_MAX_LENGTHS
 
 FHIR_VERSION = "4.3.0"
 DEFAULT_ZONE = "Asia/Shanghai"
@@ -40,6 +41,21 @@ DATE_FIELDS: dict[str, tuple[str, ...]] = {
 CODE_FIELDS = {"Encounter": "type", "Immunization": "vaccineCode", "MedicationRequest": "medicationCodeableConcept",
                "DocumentReference": "type", "ImagingStudy": "procedureCode"}
 MAX_REFERENCE_DEPTH = 30
+EARLIEST_YEAR, LATEST_YEAR = 1800, 2199  # clinical and birth dates, stored and searched
+MAX_STRING = 4096  # characters of any string element not named in STRING_LIMITS
+LONG_TEXT = 65536
+# The last names of an element's path -> its limit in characters (None: only the request size bounds it).
+STRING_LIMITS: dict[str, int | None] = {
+    "data": None, "div": LONG_TEXT, "note.text": LONG_TEXT, "conclusion": LONG_TEXT, "description": LONG_TEXT,
+    "comment": LONG_TEXT,
+    "coding.system": 200, "coding.code": 200, "identifier.system": 200, "identifier.value": 200,
+    "status": 32, "clinicalStatus.coding.code": 32, "Patient.identifier.value": 64,
+    **dict.fromkeys(("name.text", "name.family", "name.given", "name.prefix", "name.suffix"),
+                    DEMOGRAPHIC_MAX_LENGTHS["name"]),
+    **dict.fromkeys((f"address.{part}" for part in ("text", "line", "city", "district", "state", "postalCode",
+                                                   "country")), DEMOGRAPHIC_MAX_LENGTHS["address"]),
+    "telecom.value": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,71 @@ def validate(body: Any, expected_type: str | None = None, path: str = "") -> dic
         first = exc.errors()[0]
         element = fhirpath(where, first["loc"])
         raise FhirError(400, "invalid", f"{element}: {first['msg']}", [element]) from None
-    return model.model_dump(mode="json", exclude_none=True)
+    resource = model.model_dump(mode="json", exclude_none=True)
+    _check_strings(resource, where)
+    _check_dates(resource, where)
+    if resource_type == "Patient":
+        _check_patient(resource, where)
+    return resource
+
+
+def _strings(resource: dict[str, Any], where: str) -> Iterator[tuple[str, tuple[str, ...], str]]:
+    """Every string of a resource: its FHIRPath, the names of its element path, its value."""
+    stack: list[tuple[Any, str, tuple[str, ...]]] = [(resource, where, (resource["resourceType"],))]
+    while stack:
+        value, path, names = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((item, f"{path}.{key}", (*names, key)) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]", names) for index, item in enumerate(value))
+        elif isinstance(value, str):
+            yield path, names, value
+
+
+def string_limit(names: tuple[str, ...]) -> int | None:
+    """The most specific limit STRING_LIMITS gives an element path, else MAX_STRING."""
+    for size in range(min(len(names), 3), 0, -1):
+        suffix = ".".join(names[-size:])
+        if suffix in STRING_LIMITS:
+            return STRING_LIMITS[suffix]
+    return MAX_STRING
+
+
+def _check_strings(resource: dict[str, Any], where: str) -> None:
+    for path, names, value in _strings(resource, where):
+        limit = string_limit(names)
+        if limit is not None and len(value) > limit:
+            raise FhirError(422, "too-long", f"{path} is longer than {limit} characters.", [path])
+
+
+def _check_dates(resource: dict[str, Any], where: str) -> None:
+    """Indexed dates lie in EARLIEST_YEAR..LATEST_YEAR, so every zone converts them and every database holds them."""
+    for field in DATE_FIELDS.get(resource["resourceType"], ()):
+        value = _get(resource, field)
+        if isinstance(value, str) and not EARLIEST_YEAR <= int(value[:4]) <= LATEST_YEAR:
+            path = f"{where}.{field}"
+            raise FhirError(422, "value", f"{path} must lie in the years {EARLIEST_YEAR} to {LATEST_YEAR}.", [path])
+
+
+def _check_patient(resource: dict[str, Any], where: str) -> None:
+    """A Patient names someone (a name or an identifier), born by now, with a name the EMPI can match."""
+    names = resource.get("name", [])
+    if not any(n.get("text") or n.get("family") or n.get("given") for n in names) and \
+            not any(i.get("value") for i in resource.get("identifier", [])):
+        raise FhirError(422, "required", f"{where} needs a name or an identifier.", [f"{where}.name"])
+    for index, identifier in enumerate(resource.get("identifier", [])):
+        if identifier.get("system") == RESIDENT_ID_SYSTEM and not identifier.get("value", "").isascii():
+            path = f"{where}.identifier[{index}].value"
+            raise FhirError(422, "value", f"{path}: a resident ID number is written in digits 0-9 and X.", [path])
+    limit = DEMOGRAPHIC_MAX_LENGTHS["name"]
+    for index, name in enumerate(names):
+        if len("".join([name.get("family", ""), *name.get("given", [])])) > limit:
+            path = f"{where}.name[{index}]"
+            raise FhirError(422, "too-long", f"{path}: family and given names together exceed {limit} characters.",
+                            [path])
+    birth = resource.get("birthDate")
+    if birth and parse_date(birth) > datetime.now(local_zone()):
+        raise FhirError(422, "value", f"{where}.birthDate is in the future.", [f"{where}.birthDate"])
 
 
 def fhirpath(root: str, location: tuple[int | str, ...]) -> str:

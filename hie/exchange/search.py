@@ -38,11 +38,11 @@ def conditions(resource_type: str, params: SearchParams, patient_ids: list[str] 
     return where
 
 
-def _scopes(identity: Identity, params: SearchParams) -> list[Scope]:
+def _scopes(identity: Identity, resource_type: str, params: SearchParams) -> list[Scope]:
     """The caller's own shard, or with a patient every shard holding that person's records (404 if not visible)."""
     if params.patient is None:
         return [(identity.tenant_code, None)]
-    return list(store.shards_for_patient(identity, params.patient))
+    return list(store.shards_for_patient(identity, params.patient, "search", resource_type))
 
 
 def _sort_key(value: datetime | None, tenant: str, resource_id: str) -> tuple[bool, datetime, str, str]:
@@ -199,7 +199,7 @@ def search(identity: Identity, resource_type: str, query: MultiDict[str, str], b
     if resource_type not in WRITABLE:
         raise FhirError(405, "not-supported", f"{resource_type} cannot be searched here.", [resource_type])
     params = parse(resource_type, query)
-    scopes = _scopes(identity, params)
+    scopes = _scopes(identity, resource_type, params)
     if resource_type == "Patient":
         rows, total = register_matches(identity, params)
     else:

@@ -10,9 +10,15 @@ from werkzeug.datastructures import MultiDict
 
 from hie.exchange.outcome import FhirError
 from hie.exchange.resources import WRITABLE, parse_date
+from hie.platform.limits import EARLIEST_QUERY_DATE, LATEST_QUERY_DATE, MAX_INT, ascii_int
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
+MAX_OR_VALUES = 100  # comma-separated alternatives of one parameter
+MAX_PARAMETERS = 30  # parameter occurrences in one search
+MAX_TOKEN_LENGTH = 200  # a system or code longer than the token index's columns matches nothing
+MAX_ID_LENGTH = 64  # FHIR's id
+SEARCH_YEARS = (EARLIEST_QUERY_DATE.year, LATEST_QUERY_DATE.year - 1)
 OFFSET_PARAM = "_offset"
 CONTROL_PARAMS = ("_count", "_sort", "_include", OFFSET_PARAM)
 SORTS = {"date": ("date", False), "-date": ("date", True),
@@ -22,7 +28,7 @@ DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
 UNSUPPORTED_PREFIXES = ("sa", "eb", "ap")
 DATE_RE = re.compile(
     r"^(?P<ymd>\d{4}(-\d{2}(-\d{2})?)?)"
-    r"(T(?P<hm>\d{2}:\d{2})(?P<s>:\d{2}(?P<frac>\.\d{1,6})?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?$"
+    r"(T(?P<hm>\d{2}:\d{2})(?P<s>:\d{2}(?P<frac>\.\d{1,6})?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?$", re.ASCII
 )
 
 # Subject-linked types (the Patient itself is reached by identifier and _lastUpdated only).
@@ -144,9 +150,14 @@ def _invalid(name: str, message: str, code: str = "invalid") -> FhirError:
 
 
 def _token(name: str, raw: str) -> Token:
-    if "|" not in raw:
+    system, bar, code = raw.partition("|")
+    if not bar:
+        system, code = "", raw
+    if max(len(system), len(code)) > MAX_TOKEN_LENGTH:
+        raise _invalid(name, f"Parameter {name}: a system or code is at most {MAX_TOKEN_LENGTH} characters.",
+                       "too-long")
+    if not bar:
         return Token(None, raw, any_system=True)
-    system, code = raw.split("|", 1)
     if not system and not code:
         raise _invalid(name, f"Parameter {name}: '|' needs a system or a code.")
     return Token(system or None, code or None)
@@ -155,6 +166,8 @@ def _token(name: str, raw: str) -> Token:
 def token_filter(name: str, param: str, value: str) -> TokenFilter:
     """system|code, |code (no system), code (any system), system| (any code); commas separate alternatives."""
     parts = value.split(",")
+    if len(parts) > MAX_OR_VALUES:
+        raise _invalid(name, f"Parameter {name} takes at most {MAX_OR_VALUES} comma-separated values.", "too-costly")
     if any(not part for part in parts):
         raise _invalid(name, f"Parameter {name} has an empty value.")
     return TokenFilter(param, tuple(_token(name, part) for part in parts))
@@ -187,6 +200,8 @@ def date_filter(name: str, column: str, raw: str) -> DateFilter:
     match = DATE_RE.match(value)
     if match is None:
         raise _invalid(name, f"Parameter {name}: {value!r} is not a FHIR date or dateTime.")
+    if not SEARCH_YEARS[0] <= int(value[:4]) <= SEARCH_YEARS[1]:
+        raise _invalid(name, f"Parameter {name}: a date lies in the years {SEARCH_YEARS[0]} to {SEARCH_YEARS[1]}.")
     try:
         low = parse_date(value)
         high = _upper_bound(value, match, low)
@@ -195,11 +210,11 @@ def date_filter(name: str, column: str, raw: str) -> DateFilter:
     return DateFilter(column, prefix, low, high)
 
 
-def _integer(name: str, raw: str, low: int, high: int | None) -> int:
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
-        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise _invalid(name, f"Parameter {name} must be an integer {limit}.")
-    return int(raw)
+def _integer(name: str, raw: str, low: int, high: int) -> int:
+    value = ascii_int(raw, low, high)
+    if value is None:
+        raise _invalid(name, f"Parameter {name} must be a whole number from {low} to {high}, in digits 0-9.")
+    return value
 
 
 def _include(resource_type: str, raw: str) -> Include:
@@ -233,7 +248,7 @@ def _patient(resource_type: str, params: MultiDict[str, str]) -> str | None:
         kind, _, value = value.partition("/")
         if kind != "Patient":
             raise _invalid(name, f"Parameter {name} must reference a Patient.", "not-supported")
-    if not value or "," in value or "/" in value:
+    if not value or "," in value or "/" in value or len(value) > MAX_ID_LENGTH:
         raise _invalid(name, f"Parameter {name} must be one Patient id.")
     return value
 
@@ -243,11 +258,14 @@ def parse(resource_type: str, params: MultiDict[str, str]) -> SearchParams:
     tokens = token_params(resource_type)
     dates = {date_param(resource_type): "date", "_lastUpdated": "last_updated"}
     accepted = search_param_types(resource_type)
+    given = list(params.items(multi=True))
+    if len(given) > MAX_PARAMETERS:
+        raise _invalid(given[MAX_PARAMETERS][0], f"A search takes at most {MAX_PARAMETERS} parameters.", "too-costly")
     for name in params:
         if name not in accepted and name not in CONTROL_PARAMS:
             code = "not-supported" if ":" in name else "invalid"
             raise _invalid(name, f"Unknown search parameter {name!r} for {resource_type}.", code)
-    echo = tuple((name, value) for name, value in params.items(multi=True) if name != OFFSET_PARAM)
+    echo = tuple((name, value) for name, value in given if name != OFFSET_PARAM)
     sort = _single(params, "_sort")
     sort = DEFAULT_SORT if sort is None else sort
     if sort not in SORTS:
@@ -260,7 +278,7 @@ def parse(resource_type: str, params: MultiDict[str, str]) -> SearchParams:
         dates=tuple(date_filter(name, column, value) for name, column in dates.items()
                     for value in params.getlist(name)),
         count=DEFAULT_COUNT if count is None else _integer("_count", count, 0, MAX_COUNT),
-        offset=0 if offset is None else _integer(OFFSET_PARAM, offset, 0, None),
+        offset=0 if offset is None else _integer(OFFSET_PARAM, offset, 0, MAX_INT),
         sort_column=SORTS[sort][0], descending=SORTS[sort][1],
         includes=tuple(dict.fromkeys(_include(resource_type, value) for value in params.getlist("_include"))),
         echo=echo,

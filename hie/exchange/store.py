@@ -188,8 +188,10 @@ def _person_shards(platform: Session, person: MasterPerson,
     return list(shards.items()), "|".join(sorted(stamp))
 
 
-def locate_patient(identity: Identity, patient_id: str, reason: str | None = None) -> PatientScope:
-    """The Patient's shard, master person and the person's shards, following merges (404 if not visible)."""
+def locate_patient(identity: Identity, patient_id: str, reason: str | None = None, action: str = "read",
+                   resource_type: str = "Patient") -> PatientScope:
+    """The Patient's shard, master person and the person's shards, following merges (404 if not visible, audited
+    as action on resource_type naming the patient)."""
     platform = platform_session()
     tenant_code, institution_id, person, absorbed = _patient_person(platform, patient_id)
     person_id = person.id if person is not None else None
@@ -197,8 +199,9 @@ def locate_patient(identity: Identity, patient_id: str, reason: str | None = Non
         platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
         False, reason) if institution_id is not None and tenant_code is not None else None
     if basis is None or tenant_code is None:
-        audit.record("read", "not_found" if institution_id is None else "denied", resource_type="Patient",
-                     resource_id=patient_id[:80], break_glass=bool(reason))
+        audit.record(action, "not_found" if institution_id is None else "denied", resource_type=resource_type,
+                     resource_id=patient_id[:80], patient=asked_patient(identity, tenant_code, patient_id),
+                     break_glass=bool(reason), detail=reason if reason else None)
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
     if person is None:
         return PatientScope(tenant_code, None, [], basis)
@@ -206,9 +209,10 @@ def locate_patient(identity: Identity, patient_id: str, reason: str | None = Non
     return PatientScope(tenant_code, person_id, shards, basis, stamp)
 
 
-def shards_for_patient(identity: Identity, patient_id: str) -> list[tuple[str, list[str]]]:
+def shards_for_patient(identity: Identity, patient_id: str, action: str = "read",
+                       resource_type: str = "Patient") -> list[tuple[str, list[str]]]:
     """Every shard with records of this patient's master person, and the person's local ids there."""
-    return locate_patient(identity, patient_id).shards
+    return locate_patient(identity, patient_id, action=action, resource_type=resource_type).shards
 
 
 def generated_patient(tenant_code: str, patient: Patient) -> FhirResource:
@@ -267,7 +271,7 @@ def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], r
     ) for p, s, c in entry.tokens)
 
 
-def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> str | None:
+def _check_subject(identity: Identity, resource: dict[str, Any], path: str, action: str) -> str | None:
     """A resource may only be about a Patient in the writer's shard whom the writer may see; returns its person."""
     if resource["resourceType"] == "Patient":
         return None
@@ -280,10 +284,50 @@ def _check_subject(identity: Identity, resource: dict[str, Any], path: str) -> s
         row = stored_or_registered(identity.tenant_code, "Patient", patient_ref)
         person_id = person_of(identity.tenant_code, patient_ref) if row is not None else None
         if row is None or basis_for(identity, identity.tenant_code, row, person_id=person_id) is None:
+            refuse_record(identity, action, "Patient", patient_ref, f"referenced at {where[0]}")
             raise FhirError(422, "processing", f"Patient/{patient_ref} is not a patient of your tenant you may see.",
                             where)
         checked[patient_ref] = person_id
     return checked[patient_ref]
+
+
+def asked_patient(identity: Identity, tenant_code: str | None, patient_id: str | None) -> str | None:
+    """How a refusal names the patient asked for: in its shard when located, else in the caller's (as the register
+    does), so that the audit's bare-id filter finds every attempt."""
+    if patient_id is None:
+        return None
+    return audit.patient_ref(tenant_code or identity.tenant_code, patient_id)[:80]
+
+
+def _patient_asked(identity: Identity, kind: str, target_id: str, found: tuple[str, FhirResource] | None) -> str | None:
+    """The patient a refused request asked about: the located record's patient, or an unknown Patient id itself."""
+    if found is not None:
+        return asked_patient(identity, found[0], found[1].patient_id)
+    return asked_patient(identity, None, target_id) if kind == "Patient" else None
+
+
+def refuse_record(identity: Identity, action: str, kind: str, target_id: str, detail: str,
+                  outcome: str | None = None) -> None:
+    """Audit a request refused for a record it asks for, naming the record and its patient: denied when the record
+    exists anywhere, not_found when it does not (the caller's answer is the same either way)."""
+    found = locate_row(kind, target_id)
+    patient = _patient_asked(identity, kind, target_id, found)
+    audit.record(action, outcome or ("denied" if found else "not_found"), resource_type=kind[:64] or None,
+                 resource_id=target_id[:80] or None, patient=patient, detail=detail[:500])
+
+
+def _check_mrn_namespace(identity: Identity, resource: dict[str, Any], path: str, action: str) -> None:
+    """A Patient may carry medical record numbers of the writer's own institution only: another's is refused."""
+    own = MRN_SYSTEM_PREFIX + identity.institution_code
+    for index, identifier in enumerate(resource.get("identifier") or []):
+        system = identifier.get("system") if isinstance(identifier, dict) else None
+        if isinstance(system, str) and system.casefold().startswith(MRN_SYSTEM_PREFIX.casefold()) and system != own:
+            where = f"{path or 'Patient'}.identifier[{index}]"
+            named = audit.patient_ref(identity.tenant_code, resource["id"]) if action == "update" else None
+            audit.record(action, "denied", resource_type="Patient", resource_id=resource["id"][:80], patient=named,
+                         detail=f"{where}: medical record number of another institution ({system[:100]})")
+            raise FhirError(422, "processing", f"{where} is a medical record number of another institution; only "
+                            f"{own} may be assigned here.", [where])
 
 
 def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[str, Any]:
@@ -321,9 +365,10 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "",
     tenant_code, session = identity.tenant_code, shard_session(identity.tenant_code)
     resource_id = resource.get("id") or new_resource_id(resource["resourceType"], tenant_code)
     resource["id"] = resource_id
-    person_id = _check_subject(identity, resource, path)
-    check_references(identity, resource, path, person_id, bundled)
+    person_id = _check_subject(identity, resource, path, "create")
+    check_references(identity, resource, path, person_id, bundled, "create")
     if resource["resourceType"] == "Patient":
+        _check_mrn_namespace(identity, resource, path, "create")
         _patients_changed()
         try:
             patients.register(identity, _patient_demographics(resource, identity), patient_id=resource_id)
@@ -363,7 +408,9 @@ def _visible_row(identity: Identity, resource_type: str, resource_id: str, write
         basis = None
     if found is None or basis is None:
         audit.record("update" if write else "read", "not_found" if found is None else "denied",
-                     resource_type=resource_type, resource_id=resource_id[:80], break_glass=bool(reason))
+                     resource_type=resource_type, resource_id=resource_id[:80],
+                     patient=_patient_asked(identity, resource_type, resource_id, found),
+                     break_glass=bool(reason), detail=reason if reason else None)
         raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known or not visible to you.")
     tenant_code, row = found
     audit.record("update" if write else "read", resource_type=resource_type, resource_id=resource_id,
@@ -395,8 +442,9 @@ def update(identity: Identity, resource_type: str, resource_id: str, body: Any, 
     if if_match is not None and if_match != row.version:
         raise FhirError(412, "conflict", f"{resource_type}/{resource_id} is at version {row.version}, not {if_match}.")
     resource["id"] = resource_id
-    check_references(identity, resource, path, _check_subject(identity, resource, path), bundled)
+    check_references(identity, resource, path, _check_subject(identity, resource, path, "update"), bundled, "update")
     if resource_type == "Patient":
+        _check_mrn_namespace(identity, resource, path, "update")
         demographics = _patient_demographics(resource, identity)
         demographics.pop("mrn")
         _patients_changed()

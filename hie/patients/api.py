@@ -28,6 +28,7 @@ from hie.platform.access import (
 )
 from hie.platform.auth.decorators import login_required
 from hie.platform.db import platform_session
+from hie.platform.limits import ascii_int
 from hie.tenants.models import Institution, Tenant
 
 blp = Blueprint("patients", __name__, url_prefix="/api/v1", description="Local patient register")
@@ -39,10 +40,10 @@ def _if_match() -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    raw = raw.strip().removeprefix("W/").strip('"')
-    if not raw.isdigit():
+    version = ascii_int(raw.strip().removeprefix("W/").strip('"'), 1)
+    if version is None:
         abort(400, message="If-Match must be the record's version number, e.g. \"3\".")
-    return int(raw)
+    return version
 
 
 @blp.route("/patients")

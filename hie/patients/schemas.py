@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from hie.platform.standards import StandardError, normalise_phone, normalise_resident_id
 
 SEXES = ("M", "F", "U")
+EARLIEST_BIRTH = date(1800, 1, 1)
 
 
 class PatientInSchema(Schema):
@@ -17,13 +20,20 @@ class PatientInSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     sex = fields.String(load_default="U", validate=validate.OneOf(SEXES))
     birth_date = fields.Date(allow_none=True, load_default=None)
-    id_number = fields.String(allow_none=True, load_default=None)
-    phone = fields.String(allow_none=True, load_default=None)
+    id_number = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=32))
+    phone = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=20))
     address = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=300))
+
+    @validates("birth_date")
+    def _birth_date(self, value: date | None, **_: object) -> None:
+        if value is not None and not EARLIEST_BIRTH <= value <= date.today() + timedelta(days=1):
+            raise ValidationError(f"must lie between {EARLIEST_BIRTH} and today")
 
     @validates("id_number")
     def _id_number(self, value: str | None, **_: object) -> None:
         if value is not None:
+            if not value.isascii():
+                raise ValidationError("resident ID number must be written in digits 0-9 and X")
             try:
                 normalise_resident_id(value)
             except StandardError as exc:
@@ -32,6 +42,8 @@ class PatientInSchema(Schema):
     @validates("phone")
     def _phone(self, value: str | None, **_: object) -> None:
         if value is not None:
+            if not value.isascii():
+                raise ValidationError("phone must be written in digits 0-9")
             try:
                 normalise_phone(value)
             except StandardError as exc:

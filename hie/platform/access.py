@@ -61,6 +61,20 @@ ROLE_GRANTS: dict[Role, frozenset[Role]] = {
 }
 """Which roles an account administrator may grant (and so hold power over); nobody else grants any."""
 
+AUDITED_ROLES = frozenset({
+    Role.clinician, Role.family_doctor, Role.specialist, Role.nurse, Role.resident, Role.data_steward,
+})
+"""Roles that read or change patient data or the EMPI: an auditor holding one would audit themself."""
+
+
+def duties_conflict(roles: set[Role] | frozenset[Role]) -> str | None:
+    """Separation of duties: why these roles may not be held together by one account, or None."""
+    clash = sorted(role.value for role in roles & AUDITED_ROLES)
+    if Role.auditor in roles and clash:
+        return (f"roles: auditor cannot be held together with {', '.join(clash)} (separation of duties: "
+                "an auditor must not audit their own access to patient data or the EMPI)")
+    return None
+
 
 def _admin_scope(identity: Identity, admin_role: Role, institution: Institution) -> bool:
     if admin_role is Role.platform_admin:

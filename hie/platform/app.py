@@ -20,6 +20,7 @@ from hie.platform.crypto import DecryptionError, open_keyring
 from hie.platform.db import EngineRegistry, finish_unit_of_work
 from hie.platform.errors import ProblemApi, problem_response
 from hie.platform.jobs.services import QUEUE_NAME, discard_uncommitted, dispatch_committed
+from hie.platform.limits import AnyPathConverter, IdConverter, PagingParser, check_request_body
 from hie.platform.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def _register_blueprints(app: Flask) -> None:
     from hie.empi.api import blp as empi_blp
     from hie.empi.fhir import bp as fhir_empi_bp
     from hie.exchange.api import bp as fhir_bp
+    from hie.exchange.openapi import register as register_fhir_paths
     from hie.patients.api import blp as patients_blp
     from hie.platform.audit.api import blp as audit_blp
     from hie.platform.auth.api import blp as auth_blp
@@ -115,10 +117,12 @@ def _register_blueprints(app: Flask) -> None:
 
     api = ProblemApi(app)
     for blueprint in (auth_blp, tenants_blp, patients_blp, empi_blp, audit_blp):
+        blueprint.PAGINATION_ARGUMENTS_PARSER = PagingParser()
         api.register_blueprint(blueprint)
     app.extensions["hie.api"] = api
     app.register_blueprint(fhir_empi_bp)
     app.register_blueprint(fhir_bp)
+    register_fhir_paths(app, api.spec)
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -126,6 +130,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or load_config()
     configure_logging(config.log_level)
     app = Flask("hie")
+    app.url_map.converters.update(int=IdConverter, path=AnyPathConverter)
     app.config["HIE"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.config["TESTING"] = config.testing
@@ -135,6 +140,7 @@ def create_app(config: Config | None = None) -> Flask:
     _bind_services(app, config)
     health.init_app(app)
     _unit_of_work(app)
+    app.before_request(check_request_body)
     _register_error_handlers(app)
     _register_blueprints(app)
     if config.proxy_hops:

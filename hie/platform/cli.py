@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from alembic import command
 from flask import Flask
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from hie.platform.config import ConfigError, load_config
@@ -30,11 +30,35 @@ def main() -> None:
     """Regional health information exchange."""
 
 
+def _sign_audit_head(app: Flask) -> None:
+    """Sign the chain head: quietly at genesis (a fresh database), with a warning for one an older release left."""
+    from hie.platform.audit.models import AuditChainHead
+    from hie.platform.audit.services import GENESIS_HASH, head_signature, sign_unsigned_head
+
+    engine, ring = app.extensions["hie.engines"].platform, app.extensions["hie.keyring"]
+    head = AuditChainHead.__table__
+    with engine.begin() as conn:
+        conn.execute(update(head).where(head.c.id == 1, head.c.signature.is_(None), head.c.last_seq == 0,
+                                        head.c.last_hash == GENESIS_HASH)
+                     .values(signed_seq=0, signed_hash=GENESIS_HASH, signature=head_signature(ring, 0, GENESIS_HASH)))
+    sign_unsigned_head(engine, ring)
+
+
+def _demo_hint() -> str:
+    """How to try the demo, at the address `hie serve` will take."""
+    from hie.platform.serve import configured_bind
+    from hie.tenants.demo import DEMO_PASSWORD
+
+    url = f"http://{configured_bind()}"
+    return (f"\nOnce `hie serve` runs: Swagger UI {url}/docs; log in with\n"
+            f"  curl -s -X POST {url}/api/v1/auth/token -H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"username\": \"yaodu.doctor\", \"password\": \"{DEMO_PASSWORD}\"}}'")
+
+
 @main.command()
 @click.option("--with-demo", is_flag=True, help="Build the demo region if there are no tenants yet.")
 def init(with_demo: bool) -> None:
     """Create HIE_HOME, the key ring and every database, migrated to the newest schema."""
-    from hie.platform.audit.services import sign_unsigned_head
     from hie.platform.auth.models import User
     from hie.tenants.demo import build_demo, demo_logins
     from hie.tenants.models import Tenant
@@ -44,7 +68,7 @@ def init(with_demo: bool) -> None:
     engines = app.extensions["hie.engines"]
     with app.app_context():
         report = upgrade_all(engines)
-        sign_unsigned_head(engines.platform, app.extensions["hie.keyring"])
+        _sign_audit_head(app)
         click.echo(f"home: {app.config['HIE'].home}")
         click.echo(f"upgraded: {', '.join(report.upgraded)}")
         with Session(engines.platform) as session:
@@ -54,6 +78,8 @@ def init(with_demo: bool) -> None:
             build_demo(app, echo=click.echo)
         elif with_demo and demo_present:
             click.echo(demo_logins())
+        if with_demo and (empty or demo_present):
+            click.echo(_demo_hint())
     _fail_on(report.failed)
 
 
@@ -72,14 +98,13 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Upgrade the platform database and then every tenant; broken tenants are reported, others go on."""
-    from hie.platform.audit.services import sign_unsigned_head
     from hie.tenants.services import upgrade_all
 
     app = make_app()
     with app.app_context():
         report = upgrade_all(app.extensions["hie.engines"], create_platform=False)
         if "platform" not in report.failed:
-            sign_unsigned_head(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"])
+            _sign_audit_head(app)
     click.echo(f"upgraded: {', '.join(report.upgraded)}")
     _fail_on(report.failed)
 
@@ -103,14 +128,26 @@ def db_revision(tree: str, message: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="gunicorn worker processes")
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the API with gunicorn (several worker processes), never Flask's development server."""
-    from hie.platform.serve import prepare_multiprocess_metrics, run_gunicorn
+    from hie.platform.serve import (
+        BindError,
+        check_bind,
+        configured_bind,
+        prepare_multiprocess_metrics,
+        run_gunicorn,
+        served_at,
+    )
 
+    address = configured_bind(bind)
     try:
+        check_bind(address)
         prepare_multiprocess_metrics()
+    except BindError as exc:
+        raise click.ClickException(str(exc)) from None
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
     make_app()
-    run_gunicorn(bind, workers)
+    click.echo(served_at(address))
+    run_gunicorn(address, workers)
 
 
 @main.command()

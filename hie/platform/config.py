@@ -17,6 +17,8 @@ from sqlalchemy.exc import ArgumentError
 TENANT_PLACEHOLDER = "{tenant}"
 _SUPPORTED_DB_SCHEMES = ("sqlite", "mysql", "mariadb")
 PRIOR_RESULTS_MAX_DAYS = 365
+LOGIN_MAX_DELAY_LIMIT = 24 * 3600
+LOGIN_WINDOW_LIMIT = 30 * 24 * 3600
 
 
 class ConfigError(Exception):
@@ -38,8 +40,11 @@ class Config:
     db_connect_timeout: int = 3
     access_token_ttl: int = 900
     refresh_token_ttl: int = 8 * 3600
-    lockout_threshold: int = 5
-    lockout_minutes: int = 15
+    login_free_failures: int = 5
+    login_delay_seconds: int = 2
+    login_max_delay_seconds: int = 900
+    login_failure_window: int = 24 * 3600
+    login_alert_failures: int = 20
     max_request_bytes: int = 2 * 1024 * 1024
     cache_ttl: int = 300
     proxy_hops: int = 0
@@ -112,6 +117,25 @@ def _prior_results_days(env: dict[str, str]) -> int:
     return days
 
 
+def _login_throttle(env: dict[str, str]) -> dict[str, int]:
+    """Backoff of failed logins per (username, source address) and the alert on sustained guessing."""
+    values = {
+        "login_free_failures": _int(env, "HIE_LOGIN_FREE_FAILURES", 5, minimum=1),
+        "login_delay_seconds": _int(env, "HIE_LOGIN_DELAY_SECONDS", 2, minimum=1),
+        "login_max_delay_seconds": _int(env, "HIE_LOGIN_MAX_DELAY_SECONDS", 900, minimum=1),
+        "login_failure_window": _int(env, "HIE_LOGIN_FAILURE_WINDOW", 24 * 3600, minimum=60),
+        "login_alert_failures": _int(env, "HIE_LOGIN_ALERT_FAILURES", 20, minimum=1),
+    }
+    if values["login_max_delay_seconds"] < values["login_delay_seconds"]:
+        raise ConfigError(f"HIE_LOGIN_MAX_DELAY_SECONDS must be at least HIE_LOGIN_DELAY_SECONDS "
+                          f"({values['login_delay_seconds']}), got {values['login_max_delay_seconds']}")
+    for name, key, most in (("HIE_LOGIN_MAX_DELAY_SECONDS", "login_max_delay_seconds", LOGIN_MAX_DELAY_LIMIT),
+                            ("HIE_LOGIN_FAILURE_WINDOW", "login_failure_window", LOGIN_WINDOW_LIMIT)):
+        if values[key] > most:
+            raise ConfigError(f"{name} must be at most {most}, got {values[key]}")
+    return values
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -176,8 +200,7 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
         db_connect_timeout=_int(env, "HIE_DB_CONNECT_TIMEOUT", 3, minimum=1),
         access_token_ttl=_int(env, "HIE_ACCESS_TOKEN_TTL", 900, minimum=30),
         refresh_token_ttl=_int(env, "HIE_REFRESH_TOKEN_TTL", 8 * 3600, minimum=60),
-        lockout_threshold=_int(env, "HIE_LOCKOUT_THRESHOLD", 5, minimum=1),
-        lockout_minutes=_int(env, "HIE_LOCKOUT_MINUTES", 15, minimum=1),
+        **_login_throttle(env),
         max_request_bytes=_int(env, "HIE_MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
         cache_ttl=_int(env, "HIE_CACHE_TTL", 300, minimum=1),
         proxy_hops=_int(env, "HIE_PROXY_HOPS", 0),

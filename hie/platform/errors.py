@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+import http
 import logging
 from typing import Any
 
-from flask import Response, g, json, request
+from apispec import BasePlugin
+from flask import Flask, Response, g, json, request
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
+from marshmallow import INCLUDE, Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
+
+from hie.platform.auth.decorators import login_required
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://hie.example/problems/"
+PAGINATION_HEADER = {
+    "description": "Paging, as a JSON object in a string: total and total_pages always; first_page and last_page "
+                   "when there is anything; page when it is within them; previous_page and next_page when they "
+                   'exist. E.g. {"total": 120, "total_pages": 3, "first_page": 1, "last_page": 3, "page": 2, '
+                   '"previous_page": 1, "next_page": 3}.',
+    "schema": {"type": "string"},
+}
+ERROR_DESCRIPTIONS = {
+    http.HTTPStatus.BAD_REQUEST: "Bad Request: what the schema cannot express, e.g. a search given none of its "
+                                 "criteria, an unreadable JSON body, a malformed If-Match or X-Break-Glass-Reason",
+    http.HTTPStatus.UNAUTHORIZED: "Unauthorized: no access token, or an expired or revoked one",
+    http.HTTPStatus.FORBIDDEN: "Forbidden: the caller's roles do not allow this (audited)",
+    http.HTTPStatus.NOT_FOUND: "Not Found: no such record, or one outside the caller's scope (audited)",
+    http.HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "Unsupported Media Type: the body is not declared as JSON",
+    http.HTTPStatus.UNPROCESSABLE_ENTITY: "Unprocessable Entity: invalid fields, each named in errors",
+}
+
+
+class ProblemFieldSchema(Schema):
+    """One offending input field of a problem."""
+
+    field = fields.String(required=True, metadata={"description": "Field path, dotted; _schema for the whole input."})
+    location = fields.String(required=True, metadata={"description": "json, query, headers, path, ..."})
+    message = fields.String(required=True)
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details, as every /api/v1 error is answered (documentation only)."""
+
+    class Meta:
+        unknown = INCLUDE  # RFC 9457 allows extension members
+
+    type = fields.String(required=True, metadata={"description": "URI naming the kind of problem."})
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String()
+    instance = fields.String(required=True, metadata={"description": "The request path."})
+    request_id = fields.String(required=True, metadata={"description": "Also in X-Request-Id and the logs."})
+    errors = fields.List(fields.Nested(ProblemFieldSchema), metadata={"description": "Field-level messages."})
 
 
 def _flatten(messages: Any, location: str, prefix: str = "") -> list[dict[str, str]]:
@@ -54,8 +99,58 @@ def problem_response(
     return response
 
 
+class ErrorResponsesPlugin(BasePlugin):
+    """Document the refusals every operation can answer, as problem+json, and which operations need no token."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None,
+                         **kwargs: Any) -> None:
+        """401/403 behind login, 404 with a path parameter, 400 with input, 415 with a body; the rest: default."""
+        rule = kwargs.get("rule")
+        view_class = getattr(self.app.view_functions.get(rule.endpoint), "view_class", None) if rule else None
+        if view_class is None:
+            return  # not a flask-smorest view: it documents its own errors
+        protected = login_required in getattr(view_class, "decorators", ())
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            if protected:
+                responses.setdefault(401, http.HTTPStatus.UNAUTHORIZED.name)
+                responses.setdefault(403, http.HTTPStatus.FORBIDDEN.name)
+            else:
+                operation["security"] = []
+            if "{" in (path or ""):
+                responses.setdefault(404, http.HTTPStatus.NOT_FOUND.name)
+            if operation.get("parameters") or operation.get("requestBody"):
+                responses.setdefault(400, http.HTTPStatus.BAD_REQUEST.name)
+            if operation.get("requestBody"):
+                responses.setdefault(415, http.HTTPStatus.UNSUPPORTED_MEDIA_TYPE.name)
+
+
 class ProblemApi(Api):
-    """flask-smorest Api whose error handler speaks RFC 9457."""
+    """flask-smorest Api whose error handler speaks RFC 9457, and whose OpenAPI document says so."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _init_spec(self, *, extra_plugins: list[BasePlugin] | None = None, **options: Any) -> None:
+        super()._init_spec(extra_plugins=[*(extra_plugins or ()), ErrorResponsesPlugin(self._app)], **options)
+
+    def _register_responses(self) -> None:
+        """Every error response, flask-smorest's named ones and the default, as problem+json."""
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": ERROR_DESCRIPTIONS.get(status, status.phrase)}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_JSON if status >= 400 else self.DEFAULT_RESPONSE_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        default = {"description": "Any other refusal or failure", "schema": self.ERROR_SCHEMA}
+        prepare_response(default, self.spec, PROBLEM_JSON)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, default, lazy=True)
+
+    def _register_pagination_header(self) -> None:
+        """X-Pagination is sent as a JSON string, so it is documented as one."""
+        self.spec.components.header("PAGINATION", PAGINATION_HEADER, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Map abort() and webargs validation failures to problem+json."""

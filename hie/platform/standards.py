@@ -7,8 +7,8 @@ from datetime import date
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
-_REGION_RE = re.compile(r"^\d{6}(\d{3}(\d{3})?)?$")
-_PHONE_RE = re.compile(r"^(\+?86)?(1[3-9]\d{9}|0\d{2,3}\d{7,8})$")
+_REGION_RE = re.compile(r"^\d{6}(\d{3}(\d{3})?)?$", re.ASCII)
+_PHONE_RE = re.compile(r"^(\+?86)?(1[3-9]\d{9}|0\d{2,3}\d{7,8})$", re.ASCII)
 
 
 class StandardError(ValueError):
@@ -23,10 +23,10 @@ def check_digit(first17: str) -> str:
 def normalise_resident_id(raw: str) -> str:
     """An 18-character resident ID, upgrading 15-digit ones; StandardError says what is wrong."""
     value = raw.strip().upper().replace(" ", "")
-    if re.fullmatch(r"\d{15}", value):
+    if re.fullmatch(r"\d{15}", value, re.ASCII):
         body = value[:6] + "19" + value[6:]
         value = body + check_digit(body)
-    if not re.fullmatch(r"\d{17}[\dX]", value):
+    if not re.fullmatch(r"\d{17}[\dX]", value, re.ASCII):
         raise StandardError("must be 18 characters (17 digits and a digit or X) or 15 digits")
     try:
         date(int(value[6:10]), int(value[10:12]), int(value[12:14]))

@@ -1,4 +1,4 @@
-"""Tenants, the institution directory and account administration."""
+"""Regions, tenants, the institution directory and account administration."""
 
 from __future__ import annotations
 
@@ -20,17 +20,20 @@ from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import Role, User
 from hie.platform.db import platform_session, shard_session
 from hie.tenants import services
-from hie.tenants.models import Institution, Tenant
+from hie.tenants.models import Institution, Region, Tenant
 from hie.tenants.schemas import (
     InstitutionQuerySchema,
     InstitutionSchema,
+    RegionQuerySchema,
+    RegionSchema,
+    RegionUpdateSchema,
     TenantSchema,
     UserInSchema,
     UserOutSchema,
     UserUpdateSchema,
 )
 
-blp = Blueprint("tenants", __name__, url_prefix="/api/v1", description="Tenants, institutions, accounts")
+blp = Blueprint("tenants", __name__, url_prefix="/api/v1", description="Regions, tenants, institutions, accounts")
 
 
 def _institution_out(institution: Institution) -> dict[str, Any]:
@@ -57,6 +60,80 @@ class Tenants(MethodView):
              "database": make_url(services.resolved_url(config, t)).render_as_string(hide_password=True)}
             for t in tenants
         ]
+
+
+def _region_out(region: Region) -> dict[str, Any]:
+    return {"code": region.code, "name": region.name, "level": region.level.value, "parent_code": region.parent_code}
+
+
+@blp.route("/regions")
+class Regions(MethodView):
+    """The administrative tree (GB/T 2260) that tenants, institutions and area scopes refer to."""
+
+    decorators = [login_required]
+
+    @blp.arguments(RegionQuerySchema, location="query")
+    @blp.response(200, RegionSchema(many=True))
+    @blp.paginate(page_size=100, max_page_size=1000)
+    def get(self, filters: dict[str, str], pagination_parameters: Any) -> list[dict[str, Any]]:
+        """List regions by code, optionally those directly under one (platform administrators)"""
+        require(Permission.tenant_manage)
+        query = select(Region)
+        if "parent" in filters:
+            query = query.where(Region.parent_code == filters["parent"])
+        session = platform_session()
+        pagination_parameters.item_count = session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = session.scalars(query.order_by(Region.code).offset(pagination_parameters.first_item)
+                               .limit(pagination_parameters.page_size)).all()
+        return [_region_out(row) for row in rows]
+
+    @blp.arguments(RegionSchema)
+    @blp.response(201, RegionSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Add a region under an existing parent (platform administrators)"""
+        require(Permission.tenant_manage)
+        try:
+            region = services.add_region(platform_session(), body["code"], body["name"], body["level"],
+                                         body["parent_code"])
+        except services.RegionExists as exc:
+            abort(409, message=str(exc))
+        except services.TenancyError as exc:
+            abort(422, message=str(exc))
+        audit.record("create", resource_type="Region", resource_id=region.code)
+        return _region_out(region)
+
+
+@blp.route("/regions/<code>")
+class RegionByCode(MethodView):
+    """One region."""
+
+    decorators = [login_required]
+
+    @blp.response(200, RegionSchema)
+    def get(self, code: str) -> dict[str, Any]:
+        """One region by its GB/T 2260 code (platform administrators)"""
+        require(Permission.tenant_manage)
+        return _region_out(_region(code))
+
+    @blp.arguments(RegionUpdateSchema)
+    @blp.response(200, RegionSchema)
+    def patch(self, body: dict[str, str], code: str) -> dict[str, Any]:
+        """Rename a region; its code never changes (platform administrators)"""
+        require(Permission.tenant_manage)
+        region = _region(code)
+        try:
+            services.rename_region(region, body["name"])
+        except services.TenancyError as exc:
+            abort(422, message=str(exc))
+        audit.record("update", resource_type="Region", resource_id=region.code)
+        return _region_out(region)
+
+
+def _region(code: str) -> Region:
+    region = platform_session().get(Region, code) if len(code) <= 12 else None
+    if region is None:
+        abort(404, message="No such region.")
+    return region
 
 
 @blp.route("/institutions")
@@ -87,7 +164,7 @@ class Institutions(MethodView):
         """Add an institution (tenant administrators in their own tenant)"""
         identity = require(Permission.institution_manage)
         if Role.platform_admin not in identity.roles and body["tenant_code"] != identity.tenant_code:
-            abort(403, message="Tenant administrators add institutions to their own tenant only.")
+            _refuse_grant("Tenant administrators add institutions to their own tenant only.")
         try:
             institution = services.add_institution(
                 platform_session(), body["code"], body["name"], body["tenant_code"], body["level"],
@@ -165,9 +242,14 @@ class UserById(MethodView):
             roles = accounts.parse_roles(body["roles"]) if "roles" in body else None
             if roles is not None and not access.may_grant(identity, user.institution, frozenset(roles)):
                 _refuse_grant(f"You may not grant {', '.join(sorted(roles))} at {user.institution.code}.")
+            if roles is not None and user.id == identity.user_id and not set(roles) <= user.roles:
+                _refuse_grant("You may not grant yourself roles; another administrator must.")
             accounts.update_user(session, user, body.get("active"), roles)
         except accounts.AccountError as exc:
             abort(422, message=str(exc))
+        except accounts.AccountConflict as exc:
+            audit.record("update", outcome="denied", resource_type="User", resource_id=str(user.id), detail=str(exc))
+            abort(409, message=str(exc))
         auth_services.invalidate_user_sessions(session, user.id)
         audit.record("update", resource_type="User", resource_id=str(user.id))
         return _user_out(user)

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hie.exchange.demo_data import load_demo_records
-from hie.patients.models import SEALED_FIELDS, Patient
-from hie.patients.sealing import seal
+from hie.exchange.demo_data import load_demo_records, resident_record
+from hie.patients.models import Patient
 from hie.platform.auth import accounts
 from hie.platform.auth.models import Role, User
-from hie.platform.db import new_id, session_scope
-from hie.platform.jobs.services import dispatch, emit
-from hie.platform.standards import check_digit
+from hie.platform.db import session_scope
 from hie.tenants import services
 from hie.tenants.models import Institution, InstitutionLevel, InstitutionType, RegionLevel, Tenant
 
@@ -101,31 +97,25 @@ DEMO_USERS: tuple[tuple[str, Role, str, str], ...] = (
     ("yaodu.nurse", Role.nurse, "YAODU-CH", "赵护士"),
     ("yaodu.familydoctor", Role.family_doctor, "YAODU-T1", "王医生"),
     ("quwo.doctor", Role.clinician, "QUWO-CH", "陈医生"),
+    ("linfen.steward", Role.data_steward, "LF-HC", "主索引管理员"),
 )
+RESIDENT = "yaodu.resident"
 
 
-def _demo_resident_patient(app: Flask, institution: Institution) -> str:
-    """The record the demo resident logs in to see: registered once at a township centre."""
-    engines, ring = app.extensions["hie.engines"], app.extensions["hie.keyring"]
-    tenant = institution.tenant
-    url = services.resolved_url(engines.config, tenant)
-    with session_scope(engines.engine(url)) as shard:
-        existing = shard.scalar(select(Patient).where(Patient.institution_id == institution.id,
-                                                      Patient.mrn == "DEMO-0001"))
-        if existing is not None:
-            return existing.id
-        body = "14100219580312002"
-        values = {"name": "王秀英", "id_number": body + check_digit(body), "phone": "13935712345",
-                  "address": "山西省临汾市尧都区屯里镇东关村12号"}
-        patient = Patient(id=new_id(), institution_id=institution.id, mrn="DEMO-0001", sex="F",
-                          birth_date=date(1958, 3, 12))
-        for field in SEALED_FIELDS:
-            seal(ring, tenant.code, patient, field, values.get(field))
-        shard.add(patient)
-        event_id = emit(shard, tenant.code, "patient.registered", {
-            "tenant_code": tenant.code, "patient_id": patient.id, "institution_id": institution.id})
-    dispatch(tenant.code, event_id)
-    return patient.id
+def _ensure_resident(app: Flask) -> None:
+    """The resident account stands for the first demo person's record at their township centre: registered with
+    the EMPI like every record, so the resident sees their records in every institution that holds them."""
+    engines = app.extensions["hie.engines"]
+    institution_code, mrn = resident_record()
+    with session_scope(engines.platform) as session:
+        if session.scalar(select(User.id).where(User.username == RESIDENT)) is not None:
+            return
+        clinic = session.scalars(select(Institution).where(Institution.code == institution_code)).one()
+        with services.tenant_session(engines, clinic.tenant) as shard:
+            patient_id = shard.scalars(select(Patient.id).where(Patient.institution_id == clinic.id,
+                                                                Patient.mrn == mrn)).one()
+            accounts.add_user(session, RESIDENT, [Role.resident], institution_code, DEMO_PASSWORD,
+                              patient_id=patient_id, shard=shard)
 
 
 def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
@@ -133,25 +123,21 @@ def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
     engines = app.extensions["hie.engines"]
     with session_scope(engines.platform) as session:
         _build_region(session, app)
-    with Session(engines.platform, expire_on_commit=False) as session:
-        clinic = session.scalar(select(Institution).where(Institution.code == "YAODU-T1"))
-        resident_exists = session.scalar(select(User.id).where(User.username == "yaodu.resident")) is not None
-    patient_id = None if resident_exists else _demo_resident_patient(app, clinic)
     with session_scope(engines.platform) as session:
         for username, role, institution_code, display in DEMO_USERS:
             if session.scalar(select(User.id).where(User.username == username)) is None:
                 accounts.add_user(session, username, [role], institution_code, DEMO_PASSWORD, display)
-        if patient_id is not None:
-            with services.tenant_session(engines, clinic.tenant) as shard:
-                accounts.add_user(session, "yaodu.resident", [Role.resident], "YAODU-T1", DEMO_PASSWORD,
-                                  patient_id=patient_id, shard=shard)
     load_demo_records(app, echo)
+    _ensure_resident(app)
     echo(demo_logins())
 
 
 def demo_logins() -> str:
     """The printed table of demo accounts."""
     lines = [f"Demo logins (password for all: {DEMO_PASSWORD}):"]
-    for username, role, institution, _display in (*DEMO_USERS, ("yaodu.resident", Role.resident, "YAODU-T1", "")):
+    resident_at = resident_record()[0]
+    for username, role, institution, _display in (*DEMO_USERS, (RESIDENT, Role.resident, resident_at, "")):
         lines.append(f"  {username:<20} {role.value:<18} {institution}")
+    lines.append("The resident finds their own records with GET /fhir/Patient; the steward's review queue is "
+                 "GET /api/v1/empi/reviews.")
     return "\n".join(lines)

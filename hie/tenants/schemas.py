@@ -5,7 +5,9 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from hie.platform.auth.models import Role
-from hie.tenants.models import InstitutionLevel, InstitutionType
+from hie.tenants.models import InstitutionLevel, InstitutionType, RegionLevel
+
+_REGION_CODE = validate.Regexp(r"^[0-9]{6}([0-9]{3}([0-9]{3})?)?$", error="Not a GB/T 2260 code (6, 9 or 12 digits).")
 
 
 class TenantSchema(Schema):
@@ -72,3 +74,26 @@ class UserUpdateSchema(Schema):
     active = fields.Boolean()
     roles = fields.List(fields.String(validate=validate.OneOf([r.value for r in Role])),
                         validate=validate.Length(min=1))
+
+
+class RegionSchema(Schema):
+    """A node of the administrative tree (GB/T 2260 code; 9 and 12 digits below the county)."""
+
+    code = fields.String(required=True, validate=_REGION_CODE)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    level = fields.String(load_default=None, allow_none=True,
+                          validate=validate.OneOf([lv.value for lv in RegionLevel]),
+                          metadata={"description": "default: what the code says (PP0000 province, PPCC00 city, ...)"})
+    parent_code = fields.String(load_default=None, allow_none=True, validate=_REGION_CODE)
+
+
+class RegionQuerySchema(Schema):
+    """Region list filters."""
+
+    parent = fields.String(validate=_REGION_CODE, metadata={"description": "only the regions directly under it"})
+
+
+class RegionUpdateSchema(Schema):
+    """What may change on a region: its name (the code is what everything refers to)."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -74,6 +77,195 @@ def ensure_region(session: Session, code: str, name: str, level: RegionLevel, pa
         session.add(region)
         session.flush()
     return region
+
+
+REGION_LEVEL_ALIASES = {"district": RegionLevel.county, "county-level city": RegionLevel.county}
+"""Kinds in GB/T 2260 lists (the shipped linfen_counties.csv says district and county-level city) as tree levels."""
+
+
+class RegionExists(TenancyError):
+    """The region code is taken (409 in the API)."""
+
+
+def _region_code_problem(code: str) -> str | None:
+    if not (code.isascii() and is_region_code(code)):
+        return f"region code {code!r} is not a GB/T 2260 code (6, 9 or 12 digits)"
+    return None
+
+
+def level_of_code(code: str) -> RegionLevel:
+    """The level a GB/T 2260 code names: PP0000 province, PPCC00 city, PPCCDD county, 9 digits township, 12 village."""
+    if len(code) == 12:
+        return RegionLevel.village
+    if len(code) == 9:
+        return RegionLevel.township
+    if code.endswith("0000"):
+        return RegionLevel.province
+    return RegionLevel.city if code.endswith("00") else RegionLevel.county
+
+
+def parent_of_code(code: str) -> str | None:
+    """The region a GB/T 2260 code lies in by its digits: the code one level up, None for a province."""
+    if len(code) > 6:
+        return code[:-3]
+    if code.endswith("0000"):
+        return None
+    return code[:2] + "0000" if code.endswith("00") else code[:4] + "00"
+
+
+def _region_level(raw: str | None, code: str) -> RegionLevel:
+    if not raw:
+        return level_of_code(code)
+    text = raw.strip().lower()
+    if text in REGION_LEVEL_ALIASES:
+        return REGION_LEVEL_ALIASES[text]
+    try:
+        return RegionLevel(text)
+    except ValueError:
+        choices = ", ".join([*(lv.value for lv in RegionLevel), *REGION_LEVEL_ALIASES])
+        raise TenancyError(f"level {raw!r} is not one of: {choices}") from None
+
+
+def _region_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise TenancyError("name must not be empty")
+    problem = too_long(Region.__table__, name=name)  # type: ignore[arg-type]
+    if problem:
+        raise TenancyError(problem)
+    return name
+
+
+def add_region(session: Session, code: str, name: str, level: str | None = None,
+               parent_code: str | None = None) -> Region:
+    """A new region under an existing parent; the level defaults to what the code says."""
+    problem = _region_code_problem(code)
+    if problem:
+        raise TenancyError(problem)
+    region = Region(code=code, name=_region_name(name), level=_region_level(level, code), parent_code=parent_code)
+    if parent_code is not None and (parent_code == code or session.get(Region, parent_code) is None):
+        raise TenancyError(f"parent_code: region {parent_code!r} does not exist")
+    if session.get(Region, code) is not None:
+        raise RegionExists(f"region {code!r} already exists")
+    session.add(region)
+    session.flush()
+    return region
+
+
+def rename_region(region: Region, name: str) -> Region:
+    """Correct or update a region's name (codes never change: they are what everything refers to)."""
+    region.name = _region_name(name)
+    return region
+
+
+@dataclass
+class RegionImport:
+    """What `hie regions import` did."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class _RegionRow:
+    line: int
+    code: str
+    name: str
+    level: RegionLevel
+    parent: str | None
+    explicit_parent: bool
+
+
+def _read_region_rows(raw: bytes) -> tuple[list[_RegionRow], list[str]]:
+    """Parse a CSV of code, name and optional parent_code and level (or kind); problems carry line numbers."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        return [], [f"line {line}: not UTF-8 text"]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in reader.fieldnames or []]
+    reader.fieldnames = header
+    missing = [name for name in ("code", "name") if name not in header]
+    if missing:
+        return [], [f"line 1: the header must name the columns code and name (missing: {', '.join(missing)})"]
+    parent_column = "parent_code" if "parent_code" in header else "parent" if "parent" in header else None
+    level_column = "level" if "level" in header else "kind" if "kind" in header else None
+    rows: list[_RegionRow] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    try:
+        for record in reader:
+            line = reader.line_num
+            if None in record or any(value is None for value in record.values()):
+                problems.append(f"line {line}: expected {len(header)} fields")
+                continue
+            code = record["code"].strip()
+            parent = (record[parent_column] or "").strip() if parent_column else ""
+            try:
+                problem = _region_code_problem(code) or (parent and _region_code_problem(parent))
+                if problem:
+                    raise TenancyError(problem)
+                if code in seen:
+                    raise TenancyError(f"region {code!r} is already on line {seen[code]}")
+                rows.append(_RegionRow(line, code, _region_name(record["name"]),
+                                       _region_level(record[level_column] if level_column else None, code),
+                                       parent or parent_of_code(code), bool(parent)))
+                seen[code] = line
+            except TenancyError as exc:
+                problems.append(f"line {line}: {exc}")
+    except csv.Error as exc:
+        problems.append(f"line {reader.line_num}: {exc}")
+    return rows, problems
+
+
+def _settle_parent(row: _RegionRow, existing: dict[str, Region], in_file: set[str]) -> str | None:
+    """Fix the row's parent: an explicit one must exist; one read from the code is dropped above the county."""
+    if row.parent is None or row.parent in existing or row.parent in in_file:
+        current = existing.get(row.code)
+        if current is not None and row.explicit_parent and current.parent_code != row.parent:
+            return (f"line {row.line}: region {row.code} already lies under {current.parent_code or 'no region'}; "
+                    "an import does not move regions")
+        return None
+    if row.explicit_parent or len(row.code) > 6:
+        return f"line {row.line}: parent region {row.parent!r} is neither in the file nor in the database"
+    row.parent = None
+    return None
+
+
+def import_regions(session: Session, raw: bytes) -> RegionImport:
+    """Add or update the regions of a GB/T 2260 CSV, parents first; any problem imports nothing."""
+    rows, problems = _read_region_rows(raw)
+    existing = {region.code: region for region in session.scalars(select(Region))}
+    in_file = {row.code for row in rows}
+    problems += [p for p in (_settle_parent(row, existing, in_file) for row in rows) if p]
+    ordered: list[_RegionRow] = []
+    placed = set(existing)
+    pending = [row for row in rows if row.code not in existing]
+    while pending and not problems:
+        ready = [row for row in pending if row.parent is None or row.parent in placed]
+        if not ready:
+            problems += [f"line {row.line}: region {row.code}'s parents form a cycle" for row in pending]
+            break
+        ordered += ready
+        placed.update(row.code for row in ready)
+        pending = [row for row in pending if row.code not in placed]
+    if problems:
+        raise TenancyError("nothing imported:\n" + "\n".join(problems))
+    report = RegionImport(added=len(ordered))
+    for row in rows:
+        current = existing.get(row.code)
+        if current is None:
+            continue
+        if (current.name, current.level) == (row.name, row.level):
+            report.unchanged += 1
+        else:
+            current.name, current.level = row.name, row.level
+            report.updated += 1
+    session.add_all(Region(code=row.code, name=row.name, level=row.level, parent_code=row.parent) for row in ordered)
+    session.flush()
+    return report
 
 
 def add_tenant(

@@ -1,4 +1,4 @@
-"""The audit trail for auditors, limited to the tenants of their region."""
+"""The audit trail for auditors, limited to the tenants of their region (at least their own tenant)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ class AuditEvents(MethodView):
         identity = require(Permission.audit_read)
         session = platform_session()
         regions = region_subtree(session, identity.region_code)
-        tenant_codes = session.scalars(select(Tenant.code).where(Tenant.region_code.in_(regions))).all()
+        # An auditor always sees their own tenant, also when it has no region (and so no subtree).
+        tenant_codes = {identity.tenant_code,
+                        *session.scalars(select(Tenant.code).where(Tenant.region_code.in_(regions)))}
         query = select(AuditEvent).where(
             or_(AuditEvent.tenant_code.in_(tenant_codes), AuditEvent.tenant_code.is_(None))
         )

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from hie.platform.limits import EARLIEST_QUERY_DATE, LATEST_QUERY_DATE
+
+WINDOW = validate.Range(min=EARLIEST_QUERY_DATE, max=LATEST_QUERY_DATE)
+
 
 class AuditQuerySchema(Schema):
     """Filters of the audit trail."""
@@ -13,8 +17,8 @@ class AuditQuerySchema(Schema):
     action = fields.String(validate=validate.Length(min=1, max=32))
     outcome = fields.String(validate=validate.OneOf(
         ["success", "failure", "denied", "not_found", "locked", "error"]))
-    since = fields.AwareDateTime(default_timezone=None)
-    until = fields.AwareDateTime(default_timezone=None)
+    since = fields.AwareDateTime(default_timezone=None, validate=WINDOW)
+    until = fields.AwareDateTime(default_timezone=None, validate=WINDOW)
 
     @validates_schema
     def _window(self, data: dict, **_: object) -> None:

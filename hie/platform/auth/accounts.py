@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hie.patients.models import Patient
+from hie.platform.access import duties_conflict
 from hie.platform.auth.models import Role, User, UserRole
 from hie.platform.auth.passwords import hash_password, password_problem
 from hie.platform.db import too_long
@@ -20,6 +21,10 @@ _USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{2,63}$")
 
 class AccountError(ValueError):
     """Bad input for an account; the message names the field."""
+
+
+class AccountConflict(ValueError):
+    """The change is well-formed but would leave the platform without what it needs (409)."""
 
 
 def parse_roles(raw: Iterable[str]) -> list[Role]:
@@ -33,6 +38,12 @@ def parse_roles(raw: Iterable[str]) -> list[Role]:
     if not roles:
         raise AccountError("at least one role is needed")
     return list(dict.fromkeys(roles))
+
+
+def _check_duties(roles: list[Role]) -> None:
+    conflict = duties_conflict(set(roles))
+    if conflict:
+        raise AccountError(conflict)
 
 
 def _check_resident_record(shard: Session | None, institution: Institution, patient_id: str) -> None:
@@ -55,6 +66,7 @@ def add_user(
 ) -> User:
     """A new account (roles checked by parse_roles here too); a resident names a patient record held in `shard`."""
     roles = parse_roles(roles)
+    _check_duties(roles)
     if not _USERNAME_RE.fullmatch(username):
         raise AccountError(f"username {username!r} must be 3-64 lowercase letters, digits, '.', '-' or '_'")
     problem = password_problem(password)
@@ -88,12 +100,29 @@ def add_user(
     return user
 
 
+def _other_active_platform_admins(session: Session, user_id: int) -> int:
+    """Other active platform admins, rows locked till commit: two demoting each other at once cannot both pass."""
+    admins = session.scalars(
+        select(User.id).join(UserRole, UserRole.user_id == User.id)
+        .where(UserRole.role == Role.platform_admin, User.active.is_(True))
+        .order_by(User.id).with_for_update()
+    ).all()
+    return len([admin for admin in admins if admin != user_id])
+
+
 def update_user(session: Session, user: User, active: bool | None, roles: list[Role] | None) -> None:
     """Disable, re-enable or re-role an account (roles checked by parse_roles); residents stay residents."""
     if roles is not None:
         roles = parse_roles(roles)
         if (Role.resident in roles) != (Role.resident in user.roles) or (Role.resident in roles and len(roles) > 1):
             raise AccountError("roles: a resident account holds only the resident role, and vice versa")
+        _check_duties(roles)
+    removes_admin = user.active and Role.platform_admin in user.roles and (
+        active is False or (roles is not None and Role.platform_admin not in roles))
+    if removes_admin and not _other_active_platform_admins(session, user.id):
+        raise AccountConflict(f"{user.username} is the last active platform administrator; make another account "
+                              "platform_admin first, so the platform is never left without one")
+    if roles is not None:
         user.role_rows = [UserRole(role=role) for role in roles]
     if active is not None:
         user.active = active

@@ -43,6 +43,8 @@ class User(PlatformBase):
     licence_number: Mapped[str | None] = mapped_column(String(64))
     patient_id: Mapped[str | None] = mapped_column(String(36))
     active: Mapped[bool] = mapped_column(default=True)
+    # Unused since login throttling (auth/throttle.py); kept one release so that processes of the previous
+    # release, which still write them during a rolling upgrade, keep working. The next release drops them.
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -82,3 +84,30 @@ class AuthSession(PlatformBase):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     source_ip: Mapped[str | None] = mapped_column(String(45))
+
+
+class LoginThrottle(PlatformBase):
+    """Failed logins of one (username, source address) pair and its wait; the name only as a blind index."""
+
+    __tablename__ = "login_throttle"
+
+    username_index: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_ip: Mapped[str] = mapped_column(String(45), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginAlert(PlatformBase):
+    """Sustained failed logins against one account, shown to the administrators of its institution."""
+
+    __tablename__ = "login_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failures: Mapped[int] = mapped_column(Integer)
+    source_addresses: Mapped[int] = mapped_column(Integer)
+
+    user: Mapped[User] = relationship(lazy="joined")

@@ -37,3 +37,15 @@ class MeSchema(Schema):
     institution_code = fields.String()
     tenant_code = fields.String()
     region_code = fields.String(allow_none=True)
+
+
+class LoginAlertSchema(Schema):
+    """Sustained failed logins against one account (NIST SP 800-63B throttling alert)."""
+
+    id = fields.Integer()
+    raised_at = fields.DateTime()
+    user_id = fields.Integer()
+    username = fields.String()
+    institution_code = fields.String()
+    failures = fields.Integer(metadata={"description": "failed logins within HIE_LOGIN_FAILURE_WINDOW"})
+    source_addresses = fields.Integer(metadata={"description": "distinct source addresses they came from"})

@@ -1,16 +1,17 @@
-"""Login, refresh, logout and the per-request resolution of an access token to an Identity."""
+"""Login (throttled), refresh, logout and the per-request resolution of an access token to an Identity."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from flask import current_app
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from hie.platform.audit import services as audit
-from hie.platform.auth import tokens
+from hie.platform.auth import throttle, tokens
 from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import AuthSession, User, UserRole
 from hie.platform.auth.passwords import hash_password, verify_password
@@ -24,10 +25,11 @@ _DUMMY_HASH: dict[str, str] = {}
 class LoginRefused(Exception):
     """Why a login or refresh did not succeed; status is what the client gets."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -71,49 +73,47 @@ def _actor(user: User | None, username: str) -> dict[str, object]:
     }
 
 
-def _count_failure(session: Session, user_id: int, now: datetime) -> bool:
-    """Count a failed password atomically (the UPDATE holds the row lock); lock at the threshold."""
-    config = current_app.config["HIE"]
-    session.execute(update(User).where(User.id == user_id).values(failed_logins=User.failed_logins + 1)
-                    .execution_options(synchronize_session=False))
-    failures = session.scalar(select(User.failed_logins).where(User.id == user_id))
-    if failures is None or failures < config.lockout_threshold:
-        return False
-    session.execute(update(User).where(User.id == user_id).values(
-        failed_logins=0, locked_until=now + timedelta(minutes=config.lockout_minutes))
-        .execution_options(synchronize_session=False))
-    return True
+def _refuse(session: Session, user: User | None, actor: dict[str, object], index: str, source_ip: str,
+            now: datetime, why: str) -> NoReturn:
+    """Count the failure for (username, address), alert on sustained guessing, audit it, answer 401."""
+    wait = throttle.count_failure(session, index, source_ip, now)
+    audit.record("login", "failure", detail=f"{why}; next attempt from this address in {wait} s" if wait else why,
+                 actor=actor)
+    throttle.alert_if_sustained(session, user, index, now, actor)
+    raise LoginRefused(401, "Wrong username or password.")
+
+
+def _throttled(actor: dict[str, object], wait: int, why: str) -> LoginRefused:
+    audit.record("login", "denied", detail=f"{why}; retry after {wait} s", actor=actor)
+    return LoginRefused(429, "Too many failed logins for this username from this address; try again later.",
+                        retry_after=wait)
 
 
 def login(session: Session, username: str, password: str, source_ip: str | None) -> TokenPair:
-    """Check the password, count failures, lock after too many, and audit every attempt."""
-    user = session.scalar(select(User).where(User.username == username))
+    """Check the password with throttling per (username, address), the same for unknown names; audit every attempt."""
+    name = username.lower()
+    source = (source_ip or "")[:45]
+    index = throttle.username_index(name)
     now = utcnow()
+    user = session.scalar(select(User).where(User.username == name))
+    if user is not None and user.username != name:
+        user = None  # a case- or accent-insensitive collation matched another spelling
+    actor = _actor(user, username)
+    wait = throttle.retry_after(session, index, source, now)
+    if wait is not None:
+        raise _throttled(actor, wait, "throttled after repeated failed logins")
     if user is None:
         if "hash" not in _DUMMY_HASH:
             _DUMMY_HASH["hash"] = hash_password("not-a-real-password-1")
         verify_password(_DUMMY_HASH["hash"], password)
-        audit.record("login", "failure", detail="unknown user", actor=_actor(None, username))
-        raise LoginRefused(401, "Wrong username or password.")
-    actor = _actor(user, username)
-    if user.locked_until is not None and user.locked_until > now:
-        audit.record("login", "locked", detail="attempt while locked", actor=actor)
-        raise LoginRefused(423, "This account is locked after repeated failed logins; try again later.")
+        _refuse(session, None, actor, index, source, now, "unknown user")
     if not verify_password(user.password_hash, password):
-        locked = _count_failure(session, user.id, now)
-        detail = "wrong password; account locked" if locked else "wrong password"
-        audit.record("login", "failure", detail=detail, actor=actor)
-        raise LoginRefused(401, "Wrong username or password.")
+        _refuse(session, user, actor, index, source, now, "wrong password")
     if not user.active or not user.institution.active:
-        audit.record("login", "failure", detail="account disabled", actor=actor)
-        raise LoginRefused(401, "Wrong username or password.")
-    cleared = session.execute(
-        update(User).where(User.id == user.id, or_(User.locked_until.is_(None), User.locked_until <= now))
-        .values(failed_logins=0, locked_until=None).execution_options(synchronize_session=False)
-    ).rowcount
-    if not cleared:
-        audit.record("login", "locked", detail="locked by a concurrent attempt", actor=actor)
-        raise LoginRefused(423, "This account is locked after repeated failed logins; try again later.")
+        _refuse(session, user, actor, index, source, now, "account disabled")
+    wait = throttle.clear(session, index, source, now)
+    if wait is not None:
+        raise _throttled(actor, wait, "throttled by a concurrent failed login")
     pair = _issue(session, user, source_ip)
     audit.record("login", "success", actor=actor)
     return pair

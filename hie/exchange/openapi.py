@@ -1,0 +1,198 @@
+"""The /fhir routes in the served OpenAPI document, so that clients and fuzzers can drive them like /api/v1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+from flask import Flask
+
+from hie.exchange.outcome import FHIR_JSON
+from hie.exchange.resources import READ_ONLY, WRITABLE
+from hie.exchange.search_params import CONTROL_PARAMS, MAX_COUNT, OFFSET_PARAM, SORTS, search_param_types
+from hie.platform.config import PRIOR_RESULTS_MAX_DAYS
+from hie.platform.limits import MAX_INT
+
+TAG = "FHIR"
+BODY_TYPES = (FHIR_JSON, "application/json")
+DATE_PATTERN = (r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?\d{4}(-\d{2}(-\d{2})?)?"
+                r"(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$")
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "FhirResource": {
+        "type": "object", "required": ["resourceType"], "additionalProperties": True,
+        "description": "A FHIR R4B resource in JSON, validated by the server against its type's profile.",
+        "properties": {"resourceType": {"type": "string"}, "id": {"type": "string"}, "meta": {"type": "object"}},
+    },
+    "FhirBundle": {
+        "type": "object", "required": ["resourceType", "type"], "additionalProperties": True,
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Bundle"]}, "type": {"type": "string"},
+            "total": {"type": "integer"}, "link": {"type": "array", "items": {"type": "object"}},
+            "entry": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "FhirParameters": {
+        "type": "object", "required": ["resourceType"], "additionalProperties": True,
+        "properties": {"resourceType": {"type": "string", "enum": ["Parameters"]},
+                       "parameter": {"type": "array", "items": {"type": "object"}}},
+    },
+    "OperationOutcome": {
+        "type": "object", "required": ["resourceType", "issue"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+            "issue": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["severity", "code"],
+                "properties": {"severity": {"type": "string"}, "code": {"type": "string"},
+                               "diagnostics": {"type": "string"},
+                               "expression": {"type": "array", "items": {"type": "string"},
+                                              "description": "FHIRPath of the offending element."}},
+            }},
+        },
+    },
+}
+ERRORS = {
+    "400": "Malformed input (body, parameter or header), named in issue.expression",
+    "401": "No access token, or an expired or revoked one",
+    "403": "The caller's roles do not allow this",
+    "404": "No such resource, or one outside the caller's scope (audited)",
+    "412": "If-Match names a version that is no longer current",
+    "413": "Too large or too costly",
+    "415": "The body is not declared as FHIR JSON",
+    "422": "References a record the caller may not use (audited)",
+    "default": "Any other failure",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {FHIR_JSON: {"schema": schema}}
+
+
+def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"required": True, "description": description, "content": {t: {"schema": schema} for t in BODY_TYPES}}
+
+
+def _responses(status: int, schema: str, description: str, errors: tuple[str, ...],
+               headers: bool = False) -> dict[str, Any]:
+    """The success response and the OperationOutcome errors of one operation."""
+    success: dict[str, Any] = {"description": description, "content": _content(_ref(schema))}
+    if headers:
+        success["headers"] = {"ETag": {"description": 'W/"<versionId>"', "schema": {"type": "string"}},
+                              "Location": {"description": "The version's URL", "schema": {"type": "string"}}}
+    out = {str(status): success}
+    for code in (*errors, "default"):
+        out[code] = {"description": ERRORS[code], "content": _content(_ref("OperationOutcome"))}
+    return out
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"in": "header", "name": name, "required": False, "description": description,
+            "schema": {"type": "string"}}
+
+
+BREAK_GLASS = _header("X-Break-Glass-Reason", "Emergency read of a record outside the caller's scope: why "
+                      "(at least 10 characters); audited for review.")
+
+
+def _path_type(types: tuple[str, ...]) -> dict[str, Any]:
+    """At operation level: GET and PUT of one path take different types."""
+    return {"in": "path", "name": "resource_type", "required": True, "schema": {"type": "string", "enum": list(types)}}
+
+
+def search_parameters() -> list[dict[str, Any]]:
+    """Every search parameter of any type, each saying which types take it (others answer 400)."""
+    takers: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for resource_type in WRITABLE:
+        for name, kind in search_param_types(resource_type).items():
+            takers.setdefault(name, []).append(resource_type)
+            kinds[name] = kind
+    schemas = {"date": {"type": "string", "pattern": DATE_PATTERN},
+               "token": {"type": "string", "description": "system|code, |code, code or system|; commas mean OR"},
+               "reference": {"type": "string", "description": "Patient/<id> or <id>"}}
+    params = [{"in": "query", "name": name, "required": False, "schema": schemas[kinds[name]],
+               "description": f"{kinds[name]}; for {', '.join(types)}"} for name, types in takers.items()]
+    control = {"_count": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
+               OFFSET_PARAM: {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+               "_sort": {"type": "string", "enum": list(SORTS)},
+               "_include": {"type": "string", "description": "<Type>:<param>[:<target>], e.g. Observation:subject"}}
+    params += [{"in": "query", "name": name, "required": False, "schema": control[name]} for name in CONTROL_PARAMS]
+    return params
+
+
+def _operations() -> dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """Endpoint -> (method, operation, path parameters)."""
+    resource_id = {"in": "path", "name": "resource_id", "required": True, "schema": {"type": "string"}}
+    patient_id = {"in": "path", "name": "patient_id", "required": True, "schema": {"type": "string"}}
+    return {
+        "fhir.metadata": ("get", {
+            "summary": "The CapabilityStatement: what this server supports", "security": [],
+            "responses": _responses(200, "FhirResource", "CapabilityStatement", ())}, []),
+        "fhir.bundle": ("post", {
+            "summary": "A transaction (all or nothing) or batch Bundle of creates and updates",
+            "requestBody": _body(_ref("FhirBundle"), "Bundle.type transaction or batch"),
+            "responses": _responses(200, "FhirBundle", "transaction-response or batch-response",
+                                    ("400", "401", "403", "404", "412", "413", "415", "422"))}, []),
+        "fhir.create": ("post", {
+            "summary": "Create a resource; the server assigns the id",
+            "parameters": [_path_type(WRITABLE)],
+            "requestBody": _body(_ref("FhirResource"), "A resource of the type in the path"),
+            "responses": _responses(201, "FhirResource", "Created", ("400", "401", "403", "404", "415", "422"),
+                                    True)},
+            []),
+        "fhir.search": ("get", {
+            "summary": "Search one type: a searchset Bundle of what the caller may see",
+            "parameters": [_path_type(WRITABLE), *search_parameters()],
+            "responses": _responses(200, "FhirBundle", "searchset", ("400", "401", "403", "404"))}, []),
+        "fhir.read": ("get", {
+            "summary": "Read the current version (AuditEvent: auditors of the event's region)",
+            "parameters": [_path_type((*WRITABLE, *READ_ONLY)), BREAK_GLASS],
+            "responses": _responses(200, "FhirResource", "The resource", ("400", "401", "403", "404"), True)},
+            [resource_id]),
+        "fhir.vread": ("get", {
+            "summary": "Read one version", "parameters": [_path_type(WRITABLE), BREAK_GLASS],
+            "responses": _responses(200, "FhirResource", "That version", ("400", "401", "403", "404"), True)},
+            [resource_id]),
+        "fhir.update": ("put", {
+            "summary": "A new version of a resource of the caller's institution",
+            "parameters": [_path_type(WRITABLE),
+                           _header("If-Match", 'W/"<versionId>": refuse (412) if the resource moved on')],
+            "requestBody": _body(_ref("FhirResource"), "The whole resource; its id, if any, must be the path's"),
+            "responses": _responses(200, "FhirResource", "The new version",
+                                    ("400", "401", "403", "404", "412", "415", "422"), True)},
+            [resource_id]),
+        "fhir.patient_everything": ("get", {
+            "summary": "Everything the caller may see about the patient's master person, from every tenant",
+            "parameters": [BREAK_GLASS],
+            "responses": _responses(200, "FhirBundle", "searchset", ("400", "401", "403", "404"))}, [patient_id]),
+        "fhir.prior_results": ("get", {
+            "summary": "Results of the same test already done anywhere within the window (mutual recognition)",
+            "parameters": [
+                {"in": "query", "name": "code", "required": True, "schema": {"type": "string", "minLength": 1},
+                 "description": "system|code of the test about to be ordered"},
+                {"in": "query", "name": "days", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": PRIOR_RESULTS_MAX_DAYS}}],
+            "responses": _responses(200, "FhirParameters", "One parameter per earlier result",
+                                    ("400", "401", "403", "404"))}, [patient_id]),
+        "fhir_empi.patient_match": ("post", {
+            "summary": "Score the EMPI's master persons against a Patient ($match)",
+            "requestBody": _body(_ref("FhirParameters"), "Parameters: resource (a Patient), count, "
+                                 "onlyCertainMatches"),
+            "responses": _responses(200, "FhirBundle", "searchset with scores and match grades",
+                                    ("400", "401", "403", "413", "415"))}, []),
+    }
+
+
+def register(app: Flask, spec: APISpec) -> None:
+    """Add every /fhir route, found by its endpoint in the app's URL map, to the spec."""
+    for name, schema in SCHEMAS.items():
+        spec.components.schema(name, schema)
+    spec.tag({"name": TAG, "description": f"FHIR R4B ({FHIR_JSON}); errors are OperationOutcome"})
+    operations = _operations()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in operations:
+            method, operation, parameters = operations[rule.endpoint]
+            spec.path(rule=rule, operations={method: {**operation, "tags": [TAG]}}, parameters=parameters)
