@@ -133,6 +133,7 @@ def test_resident_sees_own_records_through_the_portal_and_fhir(demo: tuple[Path,
     found = demo_client.get("/fhir/Patient", headers=headers).get_json()
     own = [entry["resource"]["id"] for entry in found["entry"]]
     assert own, "the resident finds no Patient of their own"
+    assert demo_client.get("/api/v1/auth/me", headers=headers).get_json()["patient_id"] == own[0]
     record = demo_client.get(f"/api/v1/patients/{own[0]}", headers=headers)
     assert record.status_code == 200, record.get_json()
     assert record.get_json()["access_basis"] == "self" and record.get_json()["master_person_id"]

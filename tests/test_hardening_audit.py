@@ -220,6 +220,11 @@ def test_pdq_match_and_xref_show_other_tenants_holdings_only_as_a_count(client, 
     assert (cared[0]["master_person_id"], len(cared[0]["identifiers"]), cared[0]["other_records"]) == (person, 2, 0)
     steward = client.get(f"/api/v1/empi/persons?id_number={ID_WANG}", headers=as_user("steward")).get_json()
     assert {i["local_id"] for i in steward[0]["identifiers"]} == {"Y-SECRET-1", "Q-1"}
+    platform_db.rollback()
+    purposes = platform_db.execute(select(AuditEvent.username, AuditEvent.purpose).where(
+        AuditEvent.action == "search", AuditEvent.resource_type == "MasterPerson")).all()
+    assert {(username, purpose) for username, purpose in purposes} == {
+        ("lfph.specialist", "treatment"), ("quwo.doctor", "treatment"), ("steward", "stewardship")}
 
 
 # --- Finding 3: an MRN of another institution's namespace is refused ---

@@ -88,7 +88,7 @@ class PersonQuery(MethodView):
                                             thresholds_for(session, identity.region_code))
         held = {m.person_id: queries.holdings(session, identity, m.person_id) for m in matches}
         shown = {person_id for person_id, holding in held.items() if holding.visible}
-        audit.record("search", resource_type="MasterPerson", purpose="treatment",
+        audit.record("search", resource_type="MasterPerson", purpose=queries.purpose(identity),
                      detail=queries.audit_detail(_ring(), g.request_id, "search", query, matches, shown))
         return [{"master_person_id": m.person_id if m.person_id in shown else None, "score": m.score,
                  "weight": round(m.weight, 3), "grade": m.grade, "identifiers": held[m.person_id].identifiers,

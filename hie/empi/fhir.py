@@ -117,7 +117,7 @@ def patient_match() -> Response:
                        "extension": [{"url": MATCH_GRADE_URL, "valueCode": match.grade}]},
         })
     shown = {entry["resource"]["id"] for entry in entries}
-    audit.record("match", resource_type="Patient", purpose="treatment",
+    audit.record("match", resource_type="Patient", purpose=queries.purpose(identity),
                  detail=queries.audit_detail(ring, g.request_id, "match", demographics, matches, shown))
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
               "entry": entries + ([_unseen_outcome(unseen)] if unseen else [])}

@@ -128,6 +128,13 @@ def person(session: Session, person_id: str) -> MasterPerson | None:
     return session.get(MasterPerson, person_id)
 
 
+def purpose(identity: Identity) -> str:
+    """Why a query looked persons up, for the audit: a steward's is stewardship, a clinician's treatment."""
+    if access.Permission.patient_read in access.permissions_of(identity):
+        return "treatment"
+    return "stewardship"
+
+
 def query_aad(request_id: str, action: str) -> str:
     """The sealed values of a PDQ or $match belong to the audit event of that request and action, nowhere else."""
     return f"audit_events.detail|{request_id}|{action}"

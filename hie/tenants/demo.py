@@ -138,6 +138,6 @@ def demo_logins() -> str:
     resident_at = resident_record()[0]
     for username, role, institution, _display in (*DEMO_USERS, (RESIDENT, Role.resident, resident_at, "")):
         lines.append(f"  {username:<20} {role.value:<18} {institution}")
-    lines.append("The resident finds their own records with GET /fhir/Patient; the steward's review queue is "
-                 "GET /api/v1/empi/reviews.")
+    lines.append("The resident's own record id is patient_id in GET /api/v1/auth/me, their records "
+                 "GET /fhir/Patient/{patient_id}/$everything; the steward's review queue is GET /api/v1/empi/reviews.")
     return "\n".join(lines)

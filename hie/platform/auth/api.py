@@ -131,5 +131,5 @@ class Me(MethodView):
             "roles": sorted(r.value for r in identity.roles),
             "permissions": sorted(p.value for p in permissions_of(identity)),
             "institution_code": identity.institution_code, "tenant_code": identity.tenant_code,
-            "region_code": identity.region_code,
+            "region_code": identity.region_code, "patient_id": identity.patient_id,
         }

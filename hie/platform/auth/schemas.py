@@ -37,6 +37,8 @@ class MeSchema(Schema):
     institution_code = fields.String()
     tenant_code = fields.String()
     region_code = fields.String(allow_none=True)
+    patient_id = fields.String(allow_none=True, metadata={
+        "description": "a resident's own patient record (GET /api/v1/patients/{patient_id}); null for staff"})
 
 
 class LoginAlertSchema(Schema):
