@@ -34,6 +34,16 @@ from hie.platform.care import CareRelationship
 from hie.platform.config import load_config
 from hie.platform.db import session_scope
 from hie.platform.jobs.models import HandledEvent, PlatformOutboxEvent, TenantOutboxEvent
+from hie.referral.models import (
+    InstitutionWebhook,
+    Notification,
+    NotificationRead,
+    Referral,
+    ReferralDeadline,
+    ReferralSlot,
+    ReferralStep,
+    WebhookDelivery,
+)
 from hie.tenants import services
 from hie.tenants.models import Institution, InstitutionLevel, Region, RegionLevel, Tenant
 
@@ -133,6 +143,10 @@ def wipe(app: Flask) -> None:
     engines = app.extensions["hie.engines"]
     with session_scope(engines.platform) as session:
         session.execute(update(MasterPerson).values(merged_into=None))
+        session.execute(update(Referral).values(follow_up_of=None))
+        for model in (WebhookDelivery, NotificationRead, Notification, InstitutionWebhook, ReferralStep, Referral,
+                      ReferralDeadline, ReferralSlot):
+            session.execute(delete(model))
         for model in (AuditEvent, HandledEvent, PlatformOutboxEvent, AuthSession, CareRelationship,
                       InstitutionPatientCount, BlockingKey, ReviewItem, NotAMatch, PersonEvent, PersonRecord,
                       MasterPerson, MatchModel, RegionThresholds, RecordLocation, LoginThrottle, LoginAlert):

@@ -163,3 +163,17 @@ def test_steward_login_has_an_open_review_to_decide(demo: tuple[Path, str], demo
     person = reviews.get_json()[0]["candidate"]["master_person_id"]
     history = demo_client.get(f"/api/v1/empi/persons/{person}/history", headers=headers)
     assert history.status_code == 200, history.get_json()
+
+
+def test_referrals_in_every_state_made_once(demo: tuple[Path, str]) -> None:
+    home, out = demo
+    assert "demo referrals: 16 referrals from YAODU-T1" in out
+    platform = home / "platform.db"
+    states = {status for (status,) in _query(platform, "SELECT DISTINCT status FROM referrals")}
+    assert states == {"requested", "accepted", "declined", "arrived", "completed", "cancelled", "no_show"}
+    assert _query(platform, "SELECT COUNT(*) FROM referrals WHERE follow_up_of IS NOT NULL")[0][0] == 2
+    slots = _query(platform, "SELECT COUNT(DISTINCT institution_id), SUM(booked) FROM referral_slots")[0]
+    assert slots[0] == 2 and slots[1] > 0, "both hospitals publish slots, and accepting booked some"
+    before = _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM referral_steps) FROM referrals")
+    assert "demo referrals: already made" in _hie(home, "demo").stdout
+    assert _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM referral_steps) FROM referrals") == before

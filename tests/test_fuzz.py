@@ -15,8 +15,10 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+from apispec import APISpec
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_smorest.spec.plugins import FlaskPlugin
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -31,10 +33,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
+from hie.exchange import openapi
 from hie.exchange.outcome import FHIR_JSON
 from hie.exchange.resources import WRITABLE
 from hie.platform.auth.models import User
 from hie.platform.errors import PROBLEM_JSON
+from hie.platform.modules import Module, installed
 from tests.conftest import PASSWORD, SEEDED_REGIONS, USERS, new_patient, wipe
 from tests.fhir_helpers import clinical, patient
 
@@ -260,3 +264,15 @@ def test_every_fhir_route_is_documented_with_operation_outcome_errors(app: Flask
     refused = client.get("/fhir/Observation?_count=many", headers=as_user(CLINICIAN))
     assert refused.status_code == 400 and refused.mimetype == FHIR_JSON
     assert refused.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_module_describes_its_own_fhir_routes(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    describing = Module(name="tests.describing", extras={"fhir_openapi": lambda: {"fhir.metadata": ("get", {
+        "summary": "What this module says", "responses": openapi.fhir_responses(200, "FhirResource", "It", ("404",))},
+        [])}})
+    monkeypatch.setattr(openapi, "installed", lambda: (*installed(), describing))
+    spec = APISpec("t", "1", "3.0.3", plugins=[FlaskPlugin()])
+    openapi.register(app, spec)
+    operation = spec.to_dict()["paths"]["/fhir/metadata"]["get"]
+    assert operation["summary"] == "What this module says"
+    assert set(operation["responses"]) == {"200", "404", "default"}

@@ -137,7 +137,8 @@ _NOT_GUARDED = {"static", "swagger_ui_asset", "api-docs.openapi_json", "api-docs
 _EVERY_LOGIN = {("tenants.Institutions", "GET")}  # the directory every clinician refers into
 # Each lacks most permissions; none may write anything, so the walk changes nothing.
 _CALLERS = ("healthadmin", "auditor", "steward", "resident.wang")
-_QUERIES = {"empi.PersonQuery": "?name=王秀英", "empi.CrossReference": "?local_id=MRN-1"}
+_QUERIES = {"empi.PersonQuery": "?name=王秀英", "empi.CrossReference": "?local_id=MRN-1",
+            "referrals.ReferralSuggestions": "?direction=up&department=心内科"}
 # Bodies valid for their schema: a body that fails validation is answered 422 before the permission is checked.
 _BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("empi.Merge", "POST"): {"into": str(uuid.uuid4())},
@@ -151,6 +152,16 @@ _BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("tenants.Users", "POST"): {"username": "walk.user", "password": "Strong-pass-123", "roles": ["clinician"],
                                 "institution_code": "YAODU-CH"},
     ("tenants.UserById", "PATCH"): {"active": True},
+    ("referrals.Referrals", "POST"): {"patient_id": "x", "direction": "up", "receiving_institution": "LF-PH",
+                                      "reason": "走查"},
+    ("referrals.ReferralAccept", "POST"): {"appointment_at": "2030-01-01T08:00:00Z"},
+    ("referrals.ReferralDecline", "POST"): {"reason": "走查"},
+    ("referrals.ReferralArrive", "POST"): {"patient_id": "x"},
+    ("referrals.ReferralComplete", "POST"): {"discharge_summary": "走查"},
+    ("referrals.ReferralCancel", "POST"): {},
+    ("referrals.ReferralNoShow", "POST"): {},
+    ("referrals.ReferralSlots", "POST"): {"department": "心内科", "slots": [{"day": "2030-01-15", "capacity": 1}]},
+    ("referrals.ReferralWebhook", "PUT"): {"url": "https://hospital.example/hie-events"},
     ("fhir_empi.patient_match", "POST"): {"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": {"resourceType": "Patient", "name": [{"text": "王秀英"}]}}]},
 }

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from hie.empi.models import PersonRecord
 from hie.platform.audit.models import AuditEvent
 from hie.platform.auth.models import User
+from hie.referral.models import Notification, Referral, ReferralStep
 from hie.tenants.models import Region
 from tests.conftest import login, new_patient, shard_engine, valid_id
 
@@ -119,7 +120,11 @@ _ROLE_GATED = {"empi.PersonById", "empi.PersonHistory", "empi.Merge", "empi.Unme
                "tenants.UserById", "tenants.RegionByCode"}
 # The patient each fixture id is about: every refusal naming one of these ids must name that patient.
 _PATIENT_OF = {"{local}": "local", "{fhir_patient}": "fhir_patient", "{observation}": "fhir_patient",
-               "{condition}": "fhir_patient"}
+               "{condition}": "fhir_patient", "{referral}": "referred"}
+_REFERRAL_MOVES = {"ReferralAccept": {"appointment_at": "2030-01-15T09:00:00+08:00"},
+                   "ReferralDecline": {"reason": "x"}, "ReferralArrive": {"patient_id": "{local}"},
+                   "ReferralComplete": {"discharge_summary": "x"},
+                   "ReferralCancel": {}, "ReferralNoShow": {}}
 # (endpoint, method, values) -> the URL arguments; "{x}" names an id of yaodu's fixture data.
 _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("patients.PatientById", "GET", {"patient_id": "{local}"}),
@@ -143,6 +148,12 @@ _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("tenants.UserById", "PATCH", {"user_id": "{user}"}),
     ("tenants.RegionByCode", "GET", {"code": "141002"}),
     ("tenants.RegionByCode", "PATCH", {"code": "141002"}),
+    ("referrals.ReferralById", "GET", {"referral_id": "{referral}"}),
+    ("referrals.ReferralSlip", "GET", {"referral_id": "{referral}"}),
+    *[(f"referrals.{view}", "POST", {"referral_id": "{referral}"}) for view in _REFERRAL_MOVES],
+    ("fhir_referral.read_service_request", "GET", {"referral_id": "{referral}"}),
+    ("fhir_referral.read_task", "GET", {"referral_id": "{referral}"}),
+    ("referrals.NotificationRead", "POST", {"notification_id": "{notification}"}),
 ]
 
 
@@ -159,13 +170,20 @@ def yaodu_data(app):
         fhir_patient = create(setup, doctor, patient(name="赵六", id_number=None, phone="13700000009"))
         observation = create(setup, doctor, clinical("Observation", f"Patient/{fhir_patient['id']}"))
         condition = create(setup, doctor, clinical("Condition", f"Patient/{fhir_patient['id']}"))
+        family_doctor = login(setup, "yaodu.fd")
+        referred = new_patient(setup, family_doctor, mrn="ISO-T1", name="孙七", id_number=None, phone="13700000010")
+        referral = setup.post("/api/v1/referrals", headers=family_doctor, json={
+            "patient_id": referred["id"], "direction": "up", "receiving_institution": "LF-PH", "reason": "会诊"})
+        assert referral.status_code == 201, referral.get_json()
         run_jobs(app)
         with Session(app.extensions["hie.engines"].platform) as session:
             person = session.scalar(select(PersonRecord.person_id).where(PersonRecord.patient_id == local["id"]))
             user = session.scalar(select(User.id).where(User.username == "yaodu.doctor"))
+            notification = session.scalar(select(Notification.id))
         assert person is not None
         ids = {"local": local["id"], "fhir_patient": fhir_patient["id"], "observation": observation["id"],
-               "condition": condition["id"], "person": person, "user": str(user)}
+               "condition": condition["id"], "person": person, "user": str(user), "referred": referred["id"],
+               "referral": referral.get_json()["id"], "notification": notification}
         quwo = login(setup, "quwo.doctor")
         resources = {"fhir_patient": fhir_patient, "observation": observation}
     return ids, quwo, resources, doctor
@@ -186,6 +204,8 @@ def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> 
         return {"active": False}
     if endpoint == "tenants.RegionByCode":
         return {"name": "改过的名字"}
+    if endpoint.startswith("referrals.") and endpoint[10:] in _REFERRAL_MOVES:
+        return {k: v.format(local=values.get("local", "x")) for k, v in _REFERRAL_MOVES[endpoint[10:]].items()}
     return None
 
 
@@ -213,6 +233,9 @@ def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_
                 return platform_db.get(User, int(ids["user"])).active
             if endpoint == "tenants.RegionByCode":
                 return platform_db.get(Region, filled["code"]).name
+            if endpoint.startswith(("referrals.", "fhir_referral.")):
+                return platform_db.execute(select(Referral.status, Referral.updated_at, ReferralStep.id)
+                                           .join(ReferralStep, ReferralStep.referral_id == Referral.id)).all()
             return platform_db.execute(select(PersonRecord.person_id, PersonRecord.patient_id)
                                        .order_by(PersonRecord.id)).all()
 

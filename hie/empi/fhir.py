@@ -6,13 +6,12 @@ from typing import Any
 
 from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.patient import Patient
-from flask import Blueprint, Response, current_app, g, json, request
+from flask import Response, current_app, g, json, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
 
 from hie.empi import queries
 from hie.empi.services import thresholds_for
-from hie.exchange.outcome import FHIR_JSON, HTTP_ISSUE_CODES, FhirError, operation_outcome
+from hie.exchange.outcome import FHIR_JSON, FhirError, fhir_blueprint
 from hie.exchange.resources import RESIDENT_ID_SYSTEM
 from hie.platform import limits
 from hie.platform.access import Permission, permissions_of
@@ -21,22 +20,10 @@ from hie.platform.auth.decorators import authenticate_request
 from hie.platform.auth.identity import current_identity
 from hie.platform.db import platform_session
 
-bp = Blueprint("fhir_empi", __name__, url_prefix="/fhir")
+bp = fhir_blueprint("fhir_empi", __name__)
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
 IDENTIFIER_SYSTEM = "urn:hie:institution:"
 OTHER_RECORDS_URL = "urn:hie:extension:other-records"  # how many of the person's records the caller may not read
-
-
-@bp.errorhandler(FhirError)
-def _fhir_error(exc: FhirError) -> Response:
-    return operation_outcome(exc.status, exc.code, exc.diagnostics, exc.expression)
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    data = getattr(exc, "data", None) or {}
-    code = HTTP_ISSUE_CODES.get(exc.code or 500, "processing")
-    return operation_outcome(exc.code or 500, code, data.get("message") or exc.description or exc.name)
 
 
 def _parameters() -> tuple[Patient, int, bool]:

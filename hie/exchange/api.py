@@ -4,36 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import MapAdapter
 
 from hie.exchange import bundles, everything, prior, store, tasks  # noqa: F401  (tasks: outbox handlers)
 from hie.exchange.capability import capability_statement
-from hie.exchange.outcome import HTTP_ISSUE_CODES, FhirError, fhir_response, operation_outcome
+from hie.exchange.outcome import FhirError, fhir_blueprint, fhir_response, operation_outcome
 from hie.exchange.resources import READ_ONLY, WRITABLE, validate
 from hie.platform.access import Permission, require, require_any, valid_break_glass_reason
 from hie.platform.auth.decorators import authenticate_request
 from hie.platform.auth.identity import Identity
 from hie.platform.limits import MAX_INT, ascii_int
 
-bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+bp = fhir_blueprint("fhir", __name__)
 BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 BODY_TYPES = ("application/fhir+json", "application/json")
-
-
-@bp.errorhandler(FhirError)
-def _fhir_error(exc: FhirError) -> Response:
-    return operation_outcome(exc.status, exc.code, exc.diagnostics, exc.expression)
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    data = getattr(exc, "data", None) or {}
-    code = exc.code or 500
-    return operation_outcome(code, HTTP_ISSUE_CODES.get(code, "processing"),
-                             data.get("message") or exc.description or exc.name)
 
 
 def _caller() -> Identity:

@@ -21,13 +21,15 @@ from hie.exchange.demo_records import GLUCOSE, HBA1C, PANELS, Demographics, Reco
 from hie.patients.models import Patient
 from hie.platform import care
 from hie.platform.audit.services import flush_pending
+from hie.platform.auth import accounts
 from hie.platform.auth.identity import Identity
-from hie.platform.auth.models import User
-from hie.platform.db import finish_unit_of_work, platform_session
+from hie.platform.auth.models import Role, User
+from hie.platform.db import finish_unit_of_work, platform_session, session_scope
 from hie.platform.jobs.services import discard_uncommitted, dispatch_committed
 from hie.platform.standards import check_digit
+from hie.tenants.demo import DEMO_PASSWORD, login_line
 from hie.tenants.models import Institution
-from hie.tenants.services import resolved_url
+from hie.tenants.services import resolved_url, tenant_session
 
 SEED = 20261101
 PATIENTS = 300
@@ -53,6 +55,7 @@ GIVEN = {"M": ("建国", "志强", "海军", "永平", "国栋", "晓东", "俊�
                "天明", "建军", "鹏飞", "金生", "福来", "树林"),
          "F": ("秀英", "桂兰", "玉梅", "丽娟", "春花", "晓燕", "美玲", "海霞", "红梅", "淑芳", "彩霞", "丽萍",
                "雪梅", "慧敏", "芳", "翠兰", "月娥", "爱琴")}
+RESIDENT = "yaodu.resident"
 MOBILE_PREFIXES = ("139", "138", "135", "136", "150", "152", "158", "187", "189", "133", "177", "183")
 
 
@@ -266,3 +269,32 @@ def load_demo_records(app: Flask, echo: Callable[[str], None]) -> None:
          f"in {len(tenants)} tenants ({linked} registered in two, {sum(bool(p.cared_by) for p in people)} "
          f"with care relationships), {resources} resources in {time.monotonic() - started:.1f} s; "
          f"{reviews} EMPI review(s) open")
+
+
+def _ensure_resident(app: Flask) -> None:
+    """The resident account stands for the first demo person's record at their township centre: registered with
+    the EMPI like every record, so the resident sees their records in every institution that holds them."""
+    engines = app.extensions["hie.engines"]
+    institution_code, mrn = resident_record()
+    with session_scope(engines.platform) as session:
+        if session.scalar(select(User.id).where(User.username == RESIDENT)) is not None:
+            return
+        clinic = session.scalars(select(Institution).where(Institution.code == institution_code)).one()
+        with tenant_session(engines, clinic.tenant) as shard:
+            patient_id = shard.scalars(select(Patient.id).where(Patient.institution_id == clinic.id,
+                                                                Patient.mrn == mrn)).one()
+            accounts.add_user(session, RESIDENT, [Role.resident], institution_code, DEMO_PASSWORD,
+                              patient_id=patient_id, shard=shard)
+
+
+def build_demo_records(app: Flask, echo: Callable[[str], None]) -> None:
+    """The exchange's demo step: the records, then the resident account that stands for one of them."""
+    load_demo_records(app, echo)
+    _ensure_resident(app)
+
+
+def demo_logins() -> list[str]:
+    """The demo resident's row of the printed logins, and where their records are."""
+    return [login_line(RESIDENT, Role.resident, resident_record()[0]),
+            "The resident's own record id is patient_id in GET /api/v1/auth/me, their records "
+            "GET /fhir/Patient/{patient_id}/$everything."]

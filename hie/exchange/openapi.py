@@ -1,17 +1,25 @@
-"""The /fhir routes in the served OpenAPI document, so that clients and fuzzers can drive them like /api/v1."""
+"""The /fhir routes in the served OpenAPI document, so that clients and fuzzers can drive them like /api/v1.
+
+A module with /fhir routes of its own describes them in `extras["fhir_openapi"]`: a callable returning
+{endpoint: (method, operation, path parameters)}, built with fhir_responses(); a route nobody describes
+is still documented, generically (FHIR JSON in and out, OperationOutcome errors).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from apispec import APISpec
 from flask import Flask
+from werkzeug.routing import Rule
 
 from hie.exchange.outcome import FHIR_JSON
 from hie.exchange.resources import READ_ONLY, WRITABLE
 from hie.exchange.search_params import CONTROL_PARAMS, MAX_COUNT, OFFSET_PARAM, SORTS, search_param_types
 from hie.platform.config import PRIOR_RESULTS_MAX_DAYS
 from hie.platform.limits import MAX_INT
+from hie.platform.modules import installed
 
 TAG = "FHIR"
 BODY_TYPES = (FHIR_JSON, "application/json")
@@ -61,6 +69,8 @@ ERRORS = {
     "422": "References a record the caller may not use (audited)",
     "default": "Any other failure",
 }
+GENERIC_ERRORS = ("400", "401", "403", "404")
+CATCH_ALL = ("fhir.unmatched", "fhir.unmatched_root")  # not interactions: the 404/405 of everything else
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -75,9 +85,9 @@ def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"required": True, "description": description, "content": {t: {"schema": schema} for t in BODY_TYPES}}
 
 
-def _responses(status: int, schema: str, description: str, errors: tuple[str, ...],
+def fhir_responses(status: int, schema: str, description: str, errors: tuple[str, ...],
                headers: bool = False) -> dict[str, Any]:
-    """The success response and the OperationOutcome errors of one operation."""
+    """The success response and the OperationOutcome errors of one operation (modules describe theirs with it)."""
     success: dict[str, Any] = {"description": description, "content": _content(_ref(schema))}
     if headers:
         success["headers"] = {"ETag": {"description": 'W/"<versionId>"', "schema": {"type": "string"}},
@@ -130,44 +140,44 @@ def _operations() -> dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]]
     return {
         "fhir.metadata": ("get", {
             "summary": "The CapabilityStatement: what this server supports", "security": [],
-            "responses": _responses(200, "FhirResource", "CapabilityStatement", ())}, []),
+            "responses": fhir_responses(200, "FhirResource", "CapabilityStatement", ())}, []),
         "fhir.bundle": ("post", {
             "summary": "A transaction (all or nothing) or batch Bundle of creates and updates",
             "requestBody": _body(_ref("FhirBundle"), "Bundle.type transaction or batch"),
-            "responses": _responses(200, "FhirBundle", "transaction-response or batch-response",
+            "responses": fhir_responses(200, "FhirBundle", "transaction-response or batch-response",
                                     ("400", "401", "403", "404", "412", "413", "415", "422"))}, []),
         "fhir.create": ("post", {
             "summary": "Create a resource; the server assigns the id",
             "parameters": [_path_type(WRITABLE)],
             "requestBody": _body(_ref("FhirResource"), "A resource of the type in the path"),
-            "responses": _responses(201, "FhirResource", "Created", ("400", "401", "403", "404", "415", "422"),
+            "responses": fhir_responses(201, "FhirResource", "Created", ("400", "401", "403", "404", "415", "422"),
                                     True)},
             []),
         "fhir.search": ("get", {
             "summary": "Search one type: a searchset Bundle of what the caller may see",
             "parameters": [_path_type(WRITABLE), *search_parameters()],
-            "responses": _responses(200, "FhirBundle", "searchset", ("400", "401", "403", "404"))}, []),
+            "responses": fhir_responses(200, "FhirBundle", "searchset", ("400", "401", "403", "404"))}, []),
         "fhir.read": ("get", {
             "summary": "Read the current version (AuditEvent: auditors of the event's region)",
             "parameters": [_path_type((*WRITABLE, *READ_ONLY)), BREAK_GLASS],
-            "responses": _responses(200, "FhirResource", "The resource", ("400", "401", "403", "404"), True)},
+            "responses": fhir_responses(200, "FhirResource", "The resource", ("400", "401", "403", "404"), True)},
             [resource_id]),
         "fhir.vread": ("get", {
             "summary": "Read one version", "parameters": [_path_type(WRITABLE), BREAK_GLASS],
-            "responses": _responses(200, "FhirResource", "That version", ("400", "401", "403", "404"), True)},
+            "responses": fhir_responses(200, "FhirResource", "That version", ("400", "401", "403", "404"), True)},
             [resource_id]),
         "fhir.update": ("put", {
             "summary": "A new version of a resource of the caller's institution",
             "parameters": [_path_type(WRITABLE),
                            _header("If-Match", 'W/"<versionId>": refuse (412) if the resource moved on')],
             "requestBody": _body(_ref("FhirResource"), "The whole resource; its id, if any, must be the path's"),
-            "responses": _responses(200, "FhirResource", "The new version",
+            "responses": fhir_responses(200, "FhirResource", "The new version",
                                     ("400", "401", "403", "404", "412", "415", "422"), True)},
             [resource_id]),
         "fhir.patient_everything": ("get", {
             "summary": "Everything the caller may see about the patient's master person, from every tenant",
             "parameters": [BREAK_GLASS],
-            "responses": _responses(200, "FhirBundle", "searchset", ("400", "401", "403", "404"))}, [patient_id]),
+            "responses": fhir_responses(200, "FhirBundle", "searchset", ("400", "401", "403", "404"))}, [patient_id]),
         "fhir.prior_results": ("get", {
             "summary": "Results of the same test already done anywhere within the window (mutual recognition)",
             "parameters": [
@@ -175,24 +185,44 @@ def _operations() -> dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]]
                  "description": "system|code of the test about to be ordered"},
                 {"in": "query", "name": "days", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": PRIOR_RESULTS_MAX_DAYS}}],
-            "responses": _responses(200, "FhirParameters", "One parameter per earlier result",
+            "responses": fhir_responses(200, "FhirParameters", "One parameter per earlier result",
                                     ("400", "401", "403", "404"))}, [patient_id]),
         "fhir_empi.patient_match": ("post", {
             "summary": "Score the EMPI's master persons against a Patient ($match)",
             "requestBody": _body(_ref("FhirParameters"), "Parameters: resource (a Patient), count, "
                                  "onlyCertainMatches"),
-            "responses": _responses(200, "FhirBundle", "searchset with scores and match grades",
+            "responses": fhir_responses(200, "FhirBundle", "searchset with scores and match grades",
                                     ("400", "401", "403", "413", "415"))}, []),
     }
 
 
+def _generic(rule: Rule, view: Callable[..., Any] | None) -> dict[str, Any]:
+    """A /fhir route no module described: FHIR JSON in and out, OperationOutcome errors, its docstring."""
+    summary = ((view.__doc__ if view is not None else None) or "FHIR interaction").strip().splitlines()[0]
+    operations: dict[str, Any] = {}
+    for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+        operation: dict[str, Any] = {"summary": summary,
+                                     "responses": fhir_responses(200, "FhirResource", "FHIR JSON", GENERIC_ERRORS)}
+        if method in ("POST", "PUT", "PATCH"):
+            operation["requestBody"] = _body(_ref("FhirResource"), "FHIR JSON")
+        operations[method.lower()] = operation
+    return operations
+
+
 def register(app: Flask, spec: APISpec) -> None:
-    """Add every /fhir route, found by its endpoint in the app's URL map, to the spec."""
+    """Add every /fhir route to the spec: described here or by its module (extras["fhir_openapi"]), else generically."""
     for name, schema in SCHEMAS.items():
         spec.components.schema(name, schema)
     spec.tag({"name": TAG, "description": f"FHIR R4B ({FHIR_JSON}); errors are OperationOutcome"})
-    operations = _operations()
+    described = _operations()
+    for module in installed():
+        if "fhir_openapi" in module.extras:
+            described.update(module.extras["fhir_openapi"]())
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in operations:
-            method, operation, parameters = operations[rule.endpoint]
+        if rule.endpoint in described:
+            method, operation, parameters = described[rule.endpoint]
             spec.path(rule=rule, operations={method: {**operation, "tags": [TAG]}}, parameters=parameters)
+        elif rule.rule.startswith("/fhir") and rule.endpoint not in CATCH_ALL:
+            operations = {method: {**operation, "tags": [TAG]}
+                          for method, operation in _generic(rule, app.view_functions.get(rule.endpoint)).items()}
+            spec.path(rule=rule, operations=operations)

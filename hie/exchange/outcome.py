@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response
+from flask import Blueprint, Response
 from pydantic_core import to_json
+from werkzeug.exceptions import HTTPException
 
 FHIR_JSON = "application/fhir+json"
 
@@ -36,3 +37,21 @@ def operation_outcome(status: int, code: str, diagnostics: str, expression: list
 
 HTTP_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                     409: "conflict", 412: "conflict", 413: "too-costly", 415: "not-supported", 422: "invalid"}
+
+
+def fhir_blueprint(name: str, import_name: str) -> Blueprint:
+    """A Blueprint under /fhir whose every error, raised or aborted, answers as an OperationOutcome."""
+    blueprint = Blueprint(name, import_name, url_prefix="/fhir")
+
+    @blueprint.errorhandler(FhirError)
+    def _fhir_error(exc: FhirError) -> Response:
+        return operation_outcome(exc.status, exc.code, exc.diagnostics, exc.expression)
+
+    @blueprint.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        data = getattr(exc, "data", None) or {}
+        code = exc.code or 500
+        return operation_outcome(code, HTTP_ISSUE_CODES.get(code, "processing"),
+                                 data.get("message") or exc.description or exc.name)
+
+    return blueprint

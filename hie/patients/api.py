@@ -7,7 +7,6 @@ from typing import Any
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import select
 
 from hie.patients import services
 from hie.patients.schemas import (
@@ -17,7 +16,7 @@ from hie.patients.schemas import (
     PatientQuerySchema,
     PatientUpdateSchema,
 )
-from hie.patients.stats import InstitutionPatientCount
+from hie.patients.stats import counts_in
 from hie.platform.access import (
     Basis,
     Permission,
@@ -29,7 +28,6 @@ from hie.platform.access import (
 from hie.platform.auth.decorators import login_required
 from hie.platform.db import platform_session
 from hie.platform.limits import ascii_int
-from hie.tenants.models import Institution, Tenant
 
 blp = Blueprint("patients", __name__, url_prefix="/api/v1", description="Local patient register")
 
@@ -112,16 +110,4 @@ class PatientCounts(MethodView):
         """Patient records per institution in the caller's region (numbers only, no names)"""
         identity = require(Permission.stats_read)
         session = platform_session()
-        regions = region_subtree(session, identity.region_code)
-        rows = session.execute(
-            select(Tenant.code, Institution.code, Institution.name, Institution.level,
-                   InstitutionPatientCount.patients)
-            .join(Institution, Institution.id == InstitutionPatientCount.institution_id)
-            .join(Tenant, Tenant.id == Institution.tenant_id)
-            .where(Tenant.region_code.in_(regions))
-            .order_by(Tenant.code, Institution.code)
-        ).all()
-        return [
-            {"tenant_code": t, "institution_code": c, "institution_name": n, "level": lv.value, "patients": p}
-            for t, c, n, lv, p in rows
-        ]
+        return counts_in(session, region_subtree(session, identity.region_code))

@@ -13,6 +13,7 @@ from hie.platform import care
 from hie.platform.audit import services as audit
 from hie.platform.auth.identity import Identity, current_identity
 from hie.platform.auth.models import Role
+from hie.platform.modules import hook
 from hie.tenants.models import Institution, Region
 
 BREAK_GLASS_MIN_REASON = 10
@@ -142,11 +143,10 @@ class PatientRecordRef:
 
 
 def resident_person(platform: Session, identity: Identity) -> str | None:
-    """The master person a resident account stands for."""
-    if identity.patient_id is None:
+    """The master person a resident account stands for, as the installed master patient index knows it (else None)."""
+    person_of_patient = hook("person_of_patient")
+    if identity.patient_id is None or person_of_patient is None:
         return None
-    from hie.empi.services import person_of_patient
-
     return person_of_patient(platform, identity.tenant_code, identity.patient_id)
 
 

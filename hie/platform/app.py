@@ -22,6 +22,7 @@ from hie.platform.errors import ProblemApi, problem_response
 from hie.platform.jobs.services import QUEUE_NAME, discard_uncommitted, dispatch_committed
 from hie.platform.limits import AnyPathConverter, IdConverter, PagingParser, check_request_body
 from hie.platform.logs import configure_logging
+from hie.platform.modules import import_all, installed
 
 log = logging.getLogger(__name__)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -106,23 +107,24 @@ def _register_error_handlers(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from hie.empi.api import blp as empi_blp
-    from hie.empi.fhir import bp as fhir_empi_bp
-    from hie.exchange.api import bp as fhir_bp
-    from hie.exchange.openapi import register as register_fhir_paths
-    from hie.patients.api import blp as patients_blp
+    """The kernel's routes and every installed module's, in list order; then the modules' hooks on the whole app."""
     from hie.platform.audit.api import blp as audit_blp
     from hie.platform.auth.api import blp as auth_blp
     from hie.tenants.api import blp as tenants_blp
 
+    modules = installed()
     api = ProblemApi(app)
-    for blueprint in (auth_blp, tenants_blp, patients_blp, empi_blp, audit_blp):
+    module_blps = [blueprint for module in modules for blueprint in module.api_blueprints()]
+    for blueprint in (auth_blp, tenants_blp, *module_blps, audit_blp):
         blueprint.PAGINATION_ARGUMENTS_PARSER = PagingParser()
         api.register_blueprint(blueprint)
     app.extensions["hie.api"] = api
-    app.register_blueprint(fhir_empi_bp)
-    app.register_blueprint(fhir_bp)
-    register_fhir_paths(app, api.spec)
+    for module in modules:
+        for blueprint in module.blueprints():
+            app.register_blueprint(blueprint)
+    for module in modules:
+        if module.on_app is not None:
+            module.on_app(app, api)
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -142,6 +144,8 @@ def create_app(config: Config | None = None) -> Flask:
     _unit_of_work(app)
     app.before_request(check_request_body)
     _register_error_handlers(app)
+    for kind in ("platform_models", "tenant_models", "registrations"):
+        import_all(kind)  # every process with an app (API, worker, commands) has every table, sealed column, handler
     _register_blueprints(app)
     if config.proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops, x_proto=config.proxy_hops)  # type: ignore[method-assign]

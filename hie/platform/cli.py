@@ -59,8 +59,7 @@ def _demo_hint() -> str:
 @click.option("--with-demo", is_flag=True, help="Build the demo region if there are no tenants yet.")
 def init(with_demo: bool) -> None:
     """Create HIE_HOME, the key ring and every database, migrated to the newest schema."""
-    from hie.platform.auth.models import User
-    from hie.tenants.demo import build_demo, demo_logins
+    from hie.tenants.demo import build_demo, demo_logins, demo_present
     from hie.tenants.models import Tenant
     from hie.tenants.services import upgrade_all
 
@@ -73,12 +72,12 @@ def init(with_demo: bool) -> None:
         click.echo(f"upgraded: {', '.join(report.upgraded)}")
         with Session(engines.platform) as session:
             empty = session.scalar(select(Tenant.id).limit(1)) is None
-            demo_present = session.scalar(select(User.id).where(User.username == "yaodu.resident")) is not None
+            present = demo_present(session)
         if with_demo and empty:
             build_demo(app, echo=click.echo)
-        elif with_demo and demo_present:
+        elif with_demo and present:
             click.echo(demo_logins())
-        if with_demo and (empty or demo_present):
+        if with_demo and (empty or present):
             click.echo(_demo_hint())
     _fail_on(report.failed)
 
@@ -213,11 +212,14 @@ def keys_rotate(batch: int) -> None:
 
 
 def _register_module_commands() -> None:
-    from hie.empi.cli import register as register_empi
+    """The kernel's tenant commands, then every installed module's, in the order hie/modules.py lists them."""
+    from hie.platform.modules import installed
     from hie.tenants.cli import register as register_tenants
 
     register_tenants(main)
-    register_empi(main)
+    for module in installed():
+        if module.commands is not None:
+            module.commands(main)
 
 
 _register_module_commands()

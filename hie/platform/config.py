@@ -209,6 +209,7 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
         threads=_int(env, "HIE_THREADS", 4, minimum=1),
         log_level=_log_level(env.get("HIE_LOG_LEVEL") or "INFO"),
         prior_results_days=_prior_results_days(env),
+        extra={name: value for name, value in env.items() if name.startswith("HIE_")},  # modules read their own
     )
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]

@@ -51,11 +51,10 @@ def register_sealed_table(sealed: SealedTable) -> None:
 
 
 def load_registry() -> list[SealedColumn]:
-    """Every ciphertext column the platform knows of: importing a module registers its columns."""
-    import hie.empi.index  # noqa: F401
-    import hie.exchange.store  # noqa: F401
-    import hie.patients.sealing  # noqa: F401
+    """Every ciphertext column the platform knows of: importing each installed module's registrations adds its own."""
+    from hie.platform.modules import import_all
 
+    import_all("registrations")
     return SEALED_COLUMNS
 
 

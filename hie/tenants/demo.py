@@ -1,4 +1,5 @@
-"""The Linfen demo region: city and 17 county tenants, their institutions, a user for every role."""
+"""The Linfen demo region: city and 17 county tenants, their institutions, a user for every role; then each
+installed module's demo step, in the order hie/modules.py lists them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hie.exchange.demo_data import load_demo_records, resident_record
-from hie.patients.models import Patient
 from hie.platform.auth import accounts
 from hie.platform.auth.models import Role, User
 from hie.platform.db import session_scope
+from hie.platform.modules import installed
 from hie.tenants import services
 from hie.tenants.models import Institution, InstitutionLevel, InstitutionType, RegionLevel, Tenant
 
@@ -99,27 +99,10 @@ DEMO_USERS: tuple[tuple[str, Role, str, str], ...] = (
     ("quwo.doctor", Role.clinician, "QUWO-CH", "陈医生"),
     ("linfen.steward", Role.data_steward, "LF-HC", "主索引管理员"),
 )
-RESIDENT = "yaodu.resident"
-
-
-def _ensure_resident(app: Flask) -> None:
-    """The resident account stands for the first demo person's record at their township centre: registered with
-    the EMPI like every record, so the resident sees their records in every institution that holds them."""
-    engines = app.extensions["hie.engines"]
-    institution_code, mrn = resident_record()
-    with session_scope(engines.platform) as session:
-        if session.scalar(select(User.id).where(User.username == RESIDENT)) is not None:
-            return
-        clinic = session.scalars(select(Institution).where(Institution.code == institution_code)).one()
-        with services.tenant_session(engines, clinic.tenant) as shard:
-            patient_id = shard.scalars(select(Patient.id).where(Patient.institution_id == clinic.id,
-                                                                Patient.mrn == mrn)).one()
-            accounts.add_user(session, RESIDENT, [Role.resident], institution_code, DEMO_PASSWORD,
-                              patient_id=patient_id, shard=shard)
 
 
 def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
-    """Create whatever of the demo region is missing and print the logins."""
+    """Create whatever of the demo region is missing, run each module's demo step and print the logins."""
     engines = app.extensions["hie.engines"]
     with session_scope(engines.platform) as session:
         _build_region(session, app)
@@ -127,17 +110,28 @@ def build_demo(app: Flask, echo: Callable[[str], None]) -> None:
         for username, role, institution_code, display in DEMO_USERS:
             if session.scalar(select(User.id).where(User.username == username)) is None:
                 accounts.add_user(session, username, [role], institution_code, DEMO_PASSWORD, display)
-    load_demo_records(app, echo)
-    _ensure_resident(app)
+    for module in installed():
+        if module.demo is not None:
+            module.demo(app, echo)
     echo(demo_logins())
 
 
+def demo_present(session: Session) -> bool:
+    """Whether an earlier `hie demo` made the region's accounts."""
+    names = [username for username, *_ in DEMO_USERS]
+    return len(session.scalars(select(User.id).where(User.username.in_(names))).all()) == len(names)
+
+
+def login_line(username: str, role: Role, institution: str) -> str:
+    """One row of the printed table of demo accounts."""
+    return f"  {username:<20} {role.value:<18} {institution}"
+
+
 def demo_logins() -> str:
-    """The printed table of demo accounts."""
+    """The printed table of demo accounts, with what each module adds to it."""
     lines = [f"Demo logins (password for all: {DEMO_PASSWORD}):"]
-    resident_at = resident_record()[0]
-    for username, role, institution, _display in (*DEMO_USERS, (RESIDENT, Role.resident, resident_at, "")):
-        lines.append(f"  {username:<20} {role.value:<18} {institution}")
-    lines.append("The resident's own record id is patient_id in GET /api/v1/auth/me, their records "
-                 "GET /fhir/Patient/{patient_id}/$everything; the steward's review queue is GET /api/v1/empi/reviews.")
+    lines += [login_line(username, role, institution) for username, role, institution, _display in DEMO_USERS]
+    for module in installed():
+        if module.demo_logins is not None:
+            lines += module.demo_logins()
     return "\n".join(lines)

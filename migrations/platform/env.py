@@ -2,9 +2,11 @@
 
 from alembic import context
 
-import hie.platform.models  # noqa: F401  (registers every platform table)
+import hie.platform.models  # noqa: F401  (the kernel's platform tables)
 from hie.platform.db import PlatformBase as Base
+from hie.platform.modules import import_all
 
+import_all("platform_models")  # every installed module's platform tables (hie/modules.py)
 target_metadata = Base.metadata
 engine = context.config.attributes["engine"]
 

@@ -2,9 +2,11 @@
 
 from alembic import context
 
-import hie.platform.tenant_models  # noqa: F401  (registers every tenant table)
+import hie.platform.tenant_models  # noqa: F401  (the kernel's tenant tables)
 from hie.platform.db import TenantBase as Base
+from hie.platform.modules import import_all
 
+import_all("tenant_models")  # every installed module's tenant tables (hie/modules.py)
 target_metadata = Base.metadata
 engine = context.config.attributes["engine"]
 

@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from hie.patients.models import Patient
 from hie.platform.access import duties_conflict
 from hie.platform.auth.models import Role, User, UserRole
 from hie.platform.auth.passwords import hash_password, password_problem
 from hie.platform.db import too_long
+from hie.platform.modules import hook
 from hie.tenants.models import Institution
 
 _USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{2,63}$")
@@ -50,8 +50,11 @@ def _check_resident_record(shard: Session | None, institution: Institution, pati
     """A resident names a patient record that exists in their institution's shard and is held there."""
     if shard is None:
         raise ValueError("a resident account needs a Session on its institution's shard to check patient_id")
+    holder_of = hook("patient_holder")
+    if holder_of is None:
+        raise AccountError("patient_id cannot be checked: no installed module keeps a patient register")
     try:
-        holder = shard.scalar(select(Patient.institution_id).where(Patient.id == patient_id))
+        holder = holder_of(shard, patient_id)
     except SQLAlchemyError:
         raise AccountError(f"patient_id cannot be checked: the database of tenant {institution.tenant.code!r} "
                            "does not answer") from None

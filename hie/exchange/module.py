@@ -1,0 +1,48 @@
+"""The FHIR shared health record as the kernel sees it: its routes and their OpenAPI paths, tables, sealed columns,
+merge handlers and the demo's patients."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+from flask_smorest import Api
+
+from hie.platform.modules import Echo, Module
+
+
+def _blueprints() -> list[Blueprint]:
+    """The /fhir routes and their catch-all; Werkzeug matches a module's more specific /fhir routes (static
+    segments such as /fhir/Task/<id>) before these, whatever the order of registration."""
+    from hie.exchange.api import bp
+
+    return [bp]
+
+
+def _on_app(app: Flask, api: Api) -> None:
+    """Describe the /fhir routes (every module's) in the served /openapi.json."""
+    from hie.exchange.openapi import register
+
+    register(app, api.spec)
+
+
+def _demo(app: Flask, echo: Echo) -> None:
+    from hie.exchange.demo_data import build_demo_records
+
+    build_demo_records(app, echo)
+
+
+def _demo_logins() -> list[str]:
+    from hie.exchange.demo_data import demo_logins
+
+    return demo_logins()
+
+
+module = Module(
+    name="hie.exchange",
+    blueprints=_blueprints,
+    platform_models=("hie.exchange.models",),
+    tenant_models=("hie.exchange.models",),
+    registrations=("hie.exchange.store", "hie.exchange.tasks"),
+    demo=_demo,
+    on_app=_on_app,
+    demo_logins=_demo_logins,
+)

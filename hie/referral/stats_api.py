@@ -1,0 +1,124 @@
+"""GET /api/v1/stats/referrals: referral figures for health administrators, their region only, without names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC
+from functools import wraps
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import current_app
+from flask.views import MethodView
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from webargs.fields import DelimitedList
+
+from hie.platform.access import Permission, region_subtree, require
+from hie.platform.audit import services as audit
+from hie.platform.auth.decorators import login_required
+from hie.platform.db import platform_session, utcnow
+from hie.referral.api import blp
+from hie.referral.schemas import PathSchema
+from hie.referral.stats import GROUPS, MAX_WINDOW, Window, default_window, referral_figures
+
+
+class StatsQuerySchema(PathSchema):
+    """The window (made in [since, until), both with a time zone) and what to group by."""
+
+    class Meta:
+        ordered = True
+
+    since = fields.AwareDateTime(default_timezone=None, metadata={
+        "description": "Default: the start of the local month eleven months before until"})
+    until = fields.AwareDateTime(default_timezone=None, metadata={"description": "Default: now"})
+    group_by = DelimitedList(fields.String(validate=validate.OneOf(GROUPS)), load_default=list,
+                             validate=validate.Length(max=len(GROUPS)),
+                             metadata={"description": f"Comma-separated, any of {', '.join(GROUPS)}"})
+
+    @validates_schema
+    def _window(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        since, until = data.get("since"), data.get("until") or utcnow()
+        if since is not None and since >= until:
+            raise ValidationError("must be before until (or now)", "since")
+        if since is not None and until - since > MAX_WINDOW:
+            raise ValidationError("must be at most five years before until", "since")
+
+
+class FiguresSchema(Schema):
+    """One group's figures; all null, with suppressed true, when fewer than min_cell referrals fall in it."""
+
+    class Meta:
+        ordered = True
+
+    direction = fields.String()
+    urgency = fields.String()
+    status = fields.String()
+    sending_institution = fields.String()
+    sending_institution_name = fields.String()
+    receiving_institution = fields.String()
+    receiving_institution_name = fields.String()
+    county = fields.String(allow_none=True, metadata={"description": "Region code of the sending tenant"})
+    county_name = fields.String(allow_none=True)
+    month = fields.String(metadata={"description": "YYYY-MM, in the platform's time zone"})
+    referrals = fields.Integer(allow_none=True)
+    up = fields.Integer(allow_none=True)
+    down = fields.Integer(allow_none=True)
+    answered = fields.Integer(allow_none=True)
+    accepted = fields.Integer(allow_none=True)
+    declined = fields.Integer(allow_none=True)
+    acceptance_rate = fields.Float(allow_none=True, metadata={"description": "accepted / answered"})
+    median_minutes_to_answer = fields.Float(allow_none=True)
+    median_minutes_to_arrival = fields.Float(allow_none=True)
+    answered_within_deadline_share = fields.Float(allow_none=True, metadata={
+        "description": "answered by due_at / (answered, or left unanswered past due_at)"})
+    down_to_up_ratio = fields.Float(allow_none=True, metadata={"description": "down / up"})
+    suppressed = fields.Boolean()
+
+
+class ReferralStatsSchema(Schema):
+    """The figures of the caller's region in the window, in total and per group."""
+
+    class Meta:
+        ordered = True
+
+    since = fields.DateTime()
+    until = fields.DateTime()
+    group_by = fields.List(fields.String())
+    min_cell = fields.Integer(metadata={"description": "Groups with fewer referrals are suppressed"})
+    total = fields.Nested(FiguresSchema)
+    groups = fields.List(fields.Nested(FiguresSchema))
+
+
+def _stats_reader(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The permission before the query string: a caller without stats:read learns nothing from a 422."""
+    @wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        require(Permission.stats_read)
+        return view(*args, **kwargs)
+    return guarded
+
+
+@blp.route("/stats/referrals")
+class ReferralStatistics(MethodView):
+    """Aggregates for health administrators."""
+
+    decorators = [_stats_reader, login_required]
+
+    @blp.arguments(StatsQuerySchema, location="query")
+    @blp.response(200, ReferralStatsSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Referrals touching the caller's region by direction, urgency, state, institution, county and month"""
+        identity = require(Permission.stats_read)
+        zone = ZoneInfo(current_app.config["HIE"].timezone)
+        window = default_window(zone, query.get("until"))
+        if query.get("since") is not None:
+            window = Window(query["since"].astimezone(UTC), window.until, zone)
+        session = platform_session()
+        figures = referral_figures(session, region_subtree(session, identity.region_code), window,
+                                   query["group_by"])
+        suppressed = sum(group["suppressed"] for group in figures["groups"])
+        audit.record("read", resource_type="ReferralStatistics", purpose="health_management",
+                     detail=f"since={window.since.isoformat()} until={window.until.isoformat()} "
+                            f"group_by={','.join(figures['group_by'])} groups={len(figures['groups'])} "
+                            f"suppressed={suppressed}")
+        return {"since": window.since, "until": window.until, **figures}
