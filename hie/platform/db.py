@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from flask import current_app, g
 from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS
-from sqlalchemy import DateTime, Engine, MetaData, Table, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
@@ -97,6 +97,14 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+def _begin_before_savepoint(conn: Connection, _name: str) -> None:
+    """pysqlite opens a transaction only before a write: a SAVEPOINT after reads alone would start one itself and
+    its RELEASE would commit at once, outside the unit of work. BEGIN first, so the savepoint nests as it should."""
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is not None and not dbapi_connection.in_transaction:  # type: ignore[attr-defined]
+        dbapi_connection.execute("BEGIN")  # type: ignore[attr-defined]
+
+
 def _open_existing(path: str) -> Callable[[], sqlite3.Connection]:
     """Connect to a SQLite file that must already exist: only provisioning creates databases."""
     uri = f"file:{quote(str(Path(path).resolve()))}?mode=rw"
@@ -116,6 +124,7 @@ def build_engine(url: str, config: Config) -> Engine:
         else:
             engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _begin_before_savepoint)
         return engine
     engine = create_engine(
         url,
