@@ -129,9 +129,9 @@ def login_line(username: str, role: Role, institution: str) -> str:
 
 def demo_logins() -> str:
     """The printed table of demo accounts, with what each module adds to it."""
-    lines = [f"Demo logins (password for all: {DEMO_PASSWORD}):"]
-    lines += [login_line(username, role, institution) for username, role, institution, _display in DEMO_USERS]
+    rows = [login_line(username, role, institution) for username, role, institution, _display in DEMO_USERS]
+    hints: list[str] = []
     for module in installed():
-        if module.demo_logins is not None:
-            lines += module.demo_logins()
-    return "\n".join(lines)
+        for line in module.demo_logins() if module.demo_logins is not None else []:
+            (rows if line.startswith("  ") else hints).append(line)  # accounts in the table, hints after it
+    return "\n".join([f"Demo logins (password for all: {DEMO_PASSWORD}):", *rows, *hints])
