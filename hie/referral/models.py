@@ -61,6 +61,8 @@ class Referral(PlatformBase):
         Index("ix_referrals_receiver_box", "receiver_institution_id", "status", "created_at"),
         Index("ix_referrals_sender_box", "sender_institution_id", "status", "created_at"),
         Index("ix_referrals_status_due", "status", "due_at"),
+        Index("ix_referrals_receiver_newest", "receiver_institution_id", "created_at"),
+        Index("ix_referrals_sender_newest", "sender_institution_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
