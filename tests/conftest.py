@@ -23,6 +23,17 @@ from hie.empi.models import (
     ReviewItem,
 )
 from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
+from hie.family_doctor.models import (
+    Alert,
+    Article,
+    Contract,
+    Delivery,
+    FollowUp,
+    Team,
+    TeamArea,
+    TeamMember,
+    Vitals,
+)
 from hie.patients.models import Patient
 from hie.patients.stats import InstitutionPatientCount
 from hie.platform.app import create_app
@@ -144,6 +155,9 @@ def wipe(app: Flask) -> None:
     with session_scope(engines.platform) as session:
         session.execute(update(MasterPerson).values(merged_into=None))
         session.execute(update(Referral).values(follow_up_of=None))
+        session.execute(update(Contract).values(previous_id=None))
+        for model in (Delivery, Article, Alert, FollowUp, Vitals, Contract, TeamMember, TeamArea, Team):
+            session.execute(delete(model))
         for model in (WebhookDelivery, NotificationRead, Notification, InstitutionWebhook, ReferralStep, Referral,
                       ReferralDeadline, ReferralSlot):
             session.execute(delete(model))
