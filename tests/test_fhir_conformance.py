@@ -170,3 +170,16 @@ def test_reading_an_audit_event_is_itself_audited(client, as_user, platform_db):
     rows = platform_db.execute(select(AuditEvent.resource_id, AuditEvent.outcome, AuditEvent.username).where(
         AuditEvent.resource_type == "AuditEvent").order_by(AuditEvent.seq)).all()
     assert [tuple(row) for row in rows] == [(str(seq), "success", "auditor"), ("999999", "not_found", "auditor")]
+
+
+@pytest.mark.parametrize("resource_type", ["ServiceRequest", "Task"])
+def test_capability_declares_the_referral_types_as_their_search_answers(client, as_user, resource_type):
+    doctor = as_user("yaodu.doctor")
+    entry = _declared(client)[resource_type]
+    assert {i["code"] for i in entry["interaction"]} == {"read", "search-type"}
+    declared = {p["name"] for p in entry["searchParam"]}
+    for name in declared | {"code", "authored", "subject"}:
+        response = client.get(f"/fhir/{resource_type}", query_string={name: "x"}, headers=doctor)
+        unknown = response.status_code == 400 and "Unknown search parameter" in \
+            response.get_json()["issue"][0]["diagnostics"]
+        assert unknown is (name not in declared), (name, response.get_json())

@@ -15,6 +15,7 @@ from hie.exchange.search_params import (
     search_param_types,
 )
 from hie.platform.limits import MAX_INT, MAX_JSON_DEPTH
+from hie.platform.modules import installed
 
 INTERACTIONS = ("read", "vread", "update", "create", "search-type")
 OPERATIONS = [
@@ -68,6 +69,9 @@ def capability_statement(base_url: str, software_version: str, max_request_bytes
     """Declared FHIR version is the one fhir.resources validates against (R4B, 4.3.0)."""
     resources = [_resource(resource_type) for resource_type in WRITABLE]
     resources.append({"type": "AuditEvent", "interaction": [{"code": "read"}]})
+    for module in installed():  # a module serving /fhir types of its own declares them (extras["fhir_capability"])
+        if "fhir_capability" in module.extras:
+            resources.extend(module.extras["fhir_capability"]())
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -290,6 +290,17 @@ def _search_parameters(fhir_type: FhirType) -> list[dict[str, Any]]:
     ]
 
 
+def capability_resources() -> list[dict[str, Any]]:
+    """ServiceRequest and Task as the CapabilityStatement declares them: read and search, written through the API."""
+    return [{"type": fhir_type.name, "interaction": [{"code": "read"}, {"code": "search-type"}],
+             "documentation": f"Referrals of the caller's institution as {fhir_type.name}s; they are made and moved "
+                              f"through /api/v1/referrals, not written over FHIR.",
+             "searchParam": [{"name": "patient", "type": "reference"}, {"name": "status", "type": "token"},
+                             {"name": "requester", "type": "reference"},
+                             {"name": fhir_type.receiver_param, "type": "reference"}]}
+            for fhir_type in (SERVICE_REQUEST, TASK)]
+
+
 def openapi_operations() -> dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """The four routes for the served OpenAPI document (hie.exchange.openapi reads them via the module)."""
     referral_id = {"in": "path", "name": "referral_id", "required": True, "schema": {"type": "string"}}

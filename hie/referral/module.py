@@ -49,6 +49,12 @@ def _fhir_openapi() -> dict[str, Any]:
     return openapi_operations()
 
 
+def _fhir_capability() -> list[dict[str, Any]]:
+    from hie.referral.fhir import capability_resources
+
+    return capability_resources()
+
+
 def _periodic(app: Flask) -> None:
     """The worker's tick: overdue reminders and due webhook deliveries."""
     from hie.referral.tasks import periodic
@@ -78,6 +84,6 @@ module = Module(
     demo_logins=_demo_logins,
     figures=_figures,
     on_app=_check_settings,
-    extras={"fhir_openapi": _fhir_openapi},
+    extras={"fhir_openapi": _fhir_openapi, "fhir_capability": _fhir_capability},
     hooks={"periodic": _periodic},
 )
