@@ -29,6 +29,7 @@ from hie.family_doctor.models import (
     Contract,
     Delivery,
     FollowUp,
+    Population,
     Team,
     TeamArea,
     TeamMember,
@@ -156,7 +157,7 @@ def wipe(app: Flask) -> None:
         session.execute(update(MasterPerson).values(merged_into=None))
         session.execute(update(Referral).values(follow_up_of=None))
         session.execute(update(Contract).values(previous_id=None))
-        for model in (Delivery, Article, Alert, FollowUp, Vitals, Contract, TeamMember, TeamArea, Team):
+        for model in (Delivery, Article, Alert, FollowUp, Vitals, Contract, TeamMember, TeamArea, Team, Population):
             session.execute(delete(model))
         for model in (WebhookDelivery, NotificationRead, Notification, InstitutionWebhook, ReferralStep, Referral,
                       ReferralDeadline, ReferralSlot):

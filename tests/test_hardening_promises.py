@@ -134,11 +134,14 @@ def test_county_health_administrator_sees_only_their_region(app, client, as_user
 _NOT_GUARDED = {"static", "swagger_ui_asset", "api-docs.openapi_json", "api-docs.openapi_swagger_ui",
                 "health.healthz", "health.readyz", "health.metrics", "fhir.metadata", "fhir.unmatched",
                 "fhir.unmatched_root", "auth.Token", "auth.Refresh", "auth.Logout", "auth.Me"}
-_EVERY_LOGIN = {("tenants.Institutions", "GET")}  # the directory every clinician refers into
+_EVERY_LOGIN = {("tenants.Institutions", "GET"),  # the directory every clinician refers into
+                ("family_doctor.Packages", "GET")}  # the service packages a resident may sign for
 # Each lacks most permissions; none may write anything, so the walk changes nothing.
 _CALLERS = ("healthadmin", "auditor", "steward", "resident.wang")
 _QUERIES = {"empi.PersonQuery": "?name=王秀英", "empi.CrossReference": "?local_id=MRN-1",
             "referrals.ReferralSuggestions": "?direction=up&department=心内科"}
+_WALK_READING = {"client_id": "walk-1", "contract_id": "x", "taken_at": "2026-01-01T08:00:00+08:00",
+                 "systolic": 120, "diastolic": 80}
 # Bodies valid for their schema: a body that fails validation is answered 422 before the permission is checked.
 _BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("empi.Merge", "POST"): {"into": str(uuid.uuid4())},
@@ -162,6 +165,21 @@ _BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("referrals.ReferralNoShow", "POST"): {},
     ("referrals.ReferralSlots", "POST"): {"department": "心内科", "slots": [{"day": "2030-01-15", "capacity": 1}]},
     ("referrals.ReferralWebhook", "PUT"): {"url": "https://hospital.example/hie-events"},
+    ("family_doctor.Teams", "POST"): {"code": "WALK-T", "name": "走查组", "institution": "YAODU-T1"},
+    ("family_doctor.TeamMembers", "POST"): {"username": "yaodu.fd", "team_role": "doctor"},
+    ("family_doctor.Contracts", "POST"): {"patient_id": "x", "packages": ["basic"]},
+    ("family_doctor.ContractRenew", "POST"): {},
+    ("family_doctor.ContractTerminate", "POST"): {"reason": "走查"},
+    ("family_doctor.ContractTransfer", "POST"): {"team": "WALK-T"},
+    ("family_doctor.VitalsEntry", "POST"): _WALK_READING,
+    ("family_doctor.VitalsBatch", "POST"): {"entries": [_WALK_READING]},
+    ("family_doctor.VitalsImport", "POST"): {"csv": "date,time,sys,dia\n2026-01-01,08:00,120,80\n", "contract_id": "x"},
+    ("family_doctor.MyVitals", "POST"): {k: v for k, v in _WALK_READING.items() if k != "contract_id"},
+    ("family_doctor.FollowUps", "POST"): {"contract_id": "x", "condition": "hypertension"},
+    ("family_doctor.FollowUpById", "POST"): {},
+    ("family_doctor.AlertResolve", "POST"): {"resolution": "走查"},
+    ("family_doctor.AlertReferral", "POST"): {},
+    ("family_doctor.Articles", "POST"): {"title": "走查", "body": "走查", "tags": []},
     ("fhir_empi.patient_match", "POST"): {"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": {"resourceType": "Patient", "name": [{"text": "王秀英"}]}}]},
 }

@@ -203,6 +203,8 @@ def test_another_institutions_slots_are_refused_and_nothing_changes(client, send
     ({"department": DEPT, "slots": [{"day": DAY, "capacity": -1}]}, "slots[0].capacity"),
     ({"department": DEPT, "slots": [{"day": DAY, "capacity": "2"}]}, "slots[0].capacity"),
     ({"department": DEPT, "slots": [{"day": "2030-13-01", "capacity": 1}]}, "slots[0].day"),
+    ({"department": DEPT, "slots": [{"day": "0001-01-01", "capacity": 1}]}, "slots[0].day"),  # overflowed: 500
+    ({"department": DEPT, "slots": [{"day": "9999-12-31", "capacity": 1}]}, "slots[0].day"),
     ({"department": DEPT, "slots": [{"day": DAY, "capacity": 1}, {"day": DAY, "capacity": 2}]}, "slots[1].day"),
 ])
 def test_malformed_slots_are_422_naming_the_field_and_change_nothing(client, sender, platform_db, body, field):
@@ -216,6 +218,8 @@ def test_malformed_slots_are_422_naming_the_field_and_change_nothing(client, sen
     ("/api/v1/referral-slots?from=2030-01-20&to=2030-01-10", "to"),
     ("/api/v1/referral-slots?from=2030-01-01&to=2030-12-31", "to"),
     ("/api/v1/referral-slots?from=yesterday", "from"),
+    ("/api/v1/referral-slots?from=0001-01-01&to=0001-01-02", "from"),
+    ("/api/v1/referral-slots?from=9999-12-30&to=9999-12-31", "to"),
     ("/api/v1/referral-slots?institution=NOPE", "institution"),
     ("/api/v1/referrals/suggestions?direction=sideways&department=x", "direction"),
     ("/api/v1/referrals/suggestions?direction=up", "department"),

@@ -9,10 +9,11 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from hie.empi.models import PersonRecord
+from hie.family_doctor.models import Alert, Article, Contract, Delivery, FollowUp
 from hie.platform.audit.models import AuditEvent
 from hie.platform.auth.models import User
 from hie.referral.models import Notification, Referral, ReferralStep
-from hie.tenants.models import Region
+from hie.tenants.models import Region, Tenant
 from tests.conftest import login, new_patient, shard_engine, valid_id
 
 
@@ -117,14 +118,21 @@ def test_tenant_admin_cannot_add_institution_or_users_in_another_tenant(client, 
 
 _SKIPPED_ENDPOINTS = {"static", "swagger_ui_asset", "fhir.unmatched", "fhir.unmatched_root"}
 _ROLE_GATED = {"empi.PersonById", "empi.PersonHistory", "empi.Merge", "empi.Unmerge", "empi.ReviewDecision",
-               "tenants.UserById", "tenants.RegionByCode"}
+               "tenants.UserById", "tenants.RegionByCode", "family_doctor.PortalEducationRead",
+               "family_doctor.TeamMembers", "family_doctor.TeamMemberByName"}
 # The patient each fixture id is about: every refusal naming one of these ids must name that patient.
 _PATIENT_OF = {"{local}": "local", "{fhir_patient}": "fhir_patient", "{observation}": "fhir_patient",
-               "{condition}": "fhir_patient", "{referral}": "referred"}
+               "{condition}": "fhir_patient", "{referral}": "referred", "{contract}": "referred",
+               "{follow_up}": "referred", "{alert}": "referred"}
 _REFERRAL_MOVES = {"ReferralAccept": {"appointment_at": "2030-01-15T09:00:00+08:00"},
                    "ReferralDecline": {"reason": "x"}, "ReferralArrive": {"patient_id": "{local}"},
                    "ReferralComplete": {"discharge_summary": "x"},
                    "ReferralCancel": {}, "ReferralNoShow": {}}
+_CONTRACT_MOVES = {"ContractRenew": {}, "ContractTerminate": {"reason": "x"},
+                   "ContractTransfer": {"team": "YAODU-T1-A"}}
+_FAMILY_DOCTOR_BODIES = {**_CONTRACT_MOVES, "TeamMembers": {"username": "yaodu.fd", "team_role": "doctor"},
+                         "FollowUpById": {}, "AlertResolve": {"resolution": "x"},
+                         "AlertReferral": {"receiving_institution": "LF-PH"}}
 # (endpoint, method, values) -> the URL arguments; "{x}" names an id of yaodu's fixture data.
 _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("patients.PatientById", "GET", {"patient_id": "{local}"}),
@@ -154,6 +162,21 @@ _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("fhir_referral.read_service_request", "GET", {"referral_id": "{referral}"}),
     ("fhir_referral.read_task", "GET", {"referral_id": "{referral}"}),
     ("referrals.NotificationRead", "POST", {"notification_id": "{notification}"}),
+    ("family_doctor.TeamByCode", "GET", {"code": "{team}"}),
+    ("family_doctor.TeamMembers", "POST", {"code": "{team}"}),
+    ("family_doctor.TeamMemberByName", "DELETE", {"code": "{team}", "username": "yaodu.fd"}),
+    ("family_doctor.ContractById", "GET", {"contract_id": "{contract}"}),
+    *[(f"family_doctor.{view}", "POST", {"contract_id": "{contract}"}) for view in _CONTRACT_MOVES],
+    ("family_doctor.ContractVitals", "GET", {"contract_id": "{contract}"}),
+    ("family_doctor.ContractFollowUps", "GET", {"contract_id": "{contract}"}),
+    ("family_doctor.FollowUpById", "GET", {"follow_up_id": "{follow_up}"}),
+    ("family_doctor.FollowUpById", "POST", {"follow_up_id": "{follow_up}"}),
+    ("family_doctor.AlertById", "GET", {"alert_id": "{alert}"}),
+    ("family_doctor.AlertResolve", "POST", {"alert_id": "{alert}"}),
+    ("family_doctor.AlertReferral", "POST", {"alert_id": "{alert}"}),
+    ("family_doctor.ArticleById", "GET", {"article_id": "{article}"}),
+    ("family_doctor.ArticlePublish", "POST", {"article_id": "{article}"}),
+    ("family_doctor.PortalEducationRead", "POST", {"delivery_id": "{delivery}"}),
 ]
 
 
@@ -175,18 +198,46 @@ def yaodu_data(app):
         referral = setup.post("/api/v1/referrals", headers=family_doctor, json={
             "patient_id": referred["id"], "direction": "up", "receiving_institution": "LF-PH", "reason": "会诊"})
         assert referral.status_code == 201, referral.get_json()
+        contract, follow_up, alert = _family_doctor_data(setup, login(setup, "yaodu.admin"), family_doctor,
+                                                         referred["id"])
         run_jobs(app)
         with Session(app.extensions["hie.engines"].platform) as session:
             person = session.scalar(select(PersonRecord.person_id).where(PersonRecord.patient_id == local["id"]))
             user = session.scalar(select(User.id).where(User.username == "yaodu.doctor"))
             notification = session.scalar(select(Notification.id))
+            article = Article(tenant_id=session.scalar(select(Tenant.id).where(Tenant.code == "yaodu")),
+                              title="走查", body="走查", tags=[], author_id=user)
+            session.add(article)
+            session.flush()
+            delivery = Delivery(article_id=article.id, master_person_id=person)
+            session.add(delivery)
+            session.commit()
+            article_id, delivery_id = str(article.id), str(delivery.id)
         assert person is not None
         ids = {"local": local["id"], "fhir_patient": fhir_patient["id"], "observation": observation["id"],
                "condition": condition["id"], "person": person, "user": str(user), "referred": referred["id"],
-               "referral": referral.get_json()["id"], "notification": notification}
+               "referral": referral.get_json()["id"], "notification": notification, "team": "YAODU-T1-A",
+               "contract": contract, "follow_up": follow_up, "alert": alert, "article": article_id,
+               "delivery": delivery_id}
         quwo = login(setup, "quwo.doctor")
         resources = {"fhir_patient": fhir_patient, "observation": observation}
     return ids, quwo, resources, doctor
+
+
+def _family_doctor_data(setup, admin: dict, family_doctor: dict, patient_id: str) -> tuple[str, str, str]:  # noqa: ANN001
+    """A team at YAODU-T1 led by yaodu.fd, a hypertension contract, and an urgent follow-up with its alert."""
+    team = {"code": "YAODU-T1-A", "name": "一组", "institution": "YAODU-T1"}
+    assert setup.post("/api/v1/family-doctor/teams", json=team, headers=admin).status_code == 201
+    member = {"username": "yaodu.fd", "team_role": "lead_doctor"}
+    assert setup.post("/api/v1/family-doctor/teams/YAODU-T1-A/members", json=member, headers=admin).status_code == 201
+    contract = setup.post("/api/v1/family-doctor/contracts", headers=family_doctor,
+                          json={"patient_id": patient_id, "packages": ["basic", "hypertension"]}).get_json()
+    pending = setup.get(f"/api/v1/family-doctor/contracts/{contract['id']}/follow-ups",
+                        headers=family_doctor).get_json()[0]
+    done = setup.post(f"/api/v1/family-doctor/follow-ups/{pending['id']}", headers=family_doctor,
+                      json={"vitals": {"systolic": 185, "diastolic": 100}})
+    assert done.status_code == 200, done.get_json()
+    return contract["id"], pending["id"], str(done.get_json()["alerts"][0]["id"])
 
 
 def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> dict | None:
@@ -204,6 +255,8 @@ def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> 
         return {"active": False}
     if endpoint == "tenants.RegionByCode":
         return {"name": "改过的名字"}
+    if endpoint.startswith("family_doctor.") and endpoint[14:] in _FAMILY_DOCTOR_BODIES:
+        return _FAMILY_DOCTOR_BODIES[endpoint[14:]]
     if endpoint.startswith("referrals.") and endpoint[10:] in _REFERRAL_MOVES:
         return {k: v.format(local=values.get("local", "x")) for k, v in _REFERRAL_MOVES[endpoint[10:]].items()}
     return None
@@ -233,6 +286,9 @@ def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_
                 return platform_db.get(User, int(ids["user"])).active
             if endpoint == "tenants.RegionByCode":
                 return platform_db.get(Region, filled["code"]).name
+            if endpoint.startswith("family_doctor."):
+                return [sorted(tuple(row) for row in platform_db.execute(select(*model.__table__.columns)))
+                        for model in (Contract, FollowUp, Alert, Article, Delivery)]
             if endpoint.startswith(("referrals.", "fhir_referral.")):
                 return platform_db.execute(select(Referral.status, Referral.updated_at, ReferralStep.id)
                                            .join(ReferralStep, ReferralStep.referral_id == Referral.id)).all()

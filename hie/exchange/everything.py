@@ -117,8 +117,9 @@ def everything(identity: Identity, patient_id: str, base_url: str, reason: str |
         entries.append(b'{"fullUrl":' + to_json(f"{base_url}fhir/{row['type']}/{row['id']}") + b',"resource":'
                        + row["json"] + b',"search":{"mode":"match"}}')
     glass = access.Basis.break_glass in decisions.values() or scope.basis is access.Basis.break_glass
-    audit.record("read", resource_type="Patient", resource_id=patient_id,
-                 purpose=access.Basis.break_glass.value if glass else "treatment", break_glass=glass,
+    purpose = access.Basis.break_glass.value if glass else \
+        access.Basis.self.value if scope.basis is access.Basis.self else "treatment"  # a resident reads their own
+    audit.record("read", resource_type="Patient", resource_id=patient_id, purpose=purpose, break_glass=glass,
                  patient=audit.patient_ref(scope.tenant_code, patient_id),
                  detail=(f"break-glass: {reason}; " if glass else "")
                  + f"$everything: {len(entries)} of {len(rows)} resources, {len(scope.shards)} shard(s)")

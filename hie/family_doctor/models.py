@@ -248,6 +248,19 @@ class Article(PlatformBase):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Population(PlatformBase):
+    """The registered population of a priority group in a region and year, loaded by administrators: coverage's
+    denominator (`hie family-doctor population import`)."""
+
+    __tablename__ = "fd_populations"
+
+    region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"), primary_key=True)
+    priority_group: Mapped[str] = mapped_column(String(40), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persons: Mapped[int] = mapped_column(Integer)
+    loaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Delivery(PlatformBase):
     """An article delivered to one resident (master person), with its read receipt."""
 

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from flask_smorest import abort
-from sqlalchemy import select
+from sqlalchemy import String, func, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
 from hie.empi.models import PersonRecord
 from hie.exchange.resources import local_zone
-from hie.family_doctor.models import Contract, ContractStatus, Team, TeamMember, TeamRole
+from hie.family_doctor.models import Contract, ContractStatus, Team, TeamArea, TeamMember, TeamRole
 from hie.patients.models import Patient
 from hie.platform import access, care
 from hie.platform.audit import services as audit
@@ -26,7 +26,7 @@ from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import Role
 from hie.platform.db import new_id, platform_session, shard_session, utcnow
 from hie.platform.jobs.services import PLATFORM, emit
-from hie.tenants.models import Institution, InstitutionLevel
+from hie.tenants.models import Institution, InstitutionLevel, Region
 
 RESOURCE = "Contract"
 DATA = Path(__file__).parent / "data"
@@ -80,12 +80,19 @@ def membership(session: Session, user_id: int) -> tuple[Team, TeamMember] | None
     return (row[0], row[1]) if row else None
 
 
+def _require_clinical(identity: Identity) -> None:
+    """Family-doctor data is patient data: a role without patient:read is refused 403 before anything is looked up."""
+    if access.Permission.patient_read not in access.permissions_of(identity):
+        audit.record("authorize", "denied", detail=f"missing {access.Permission.patient_read.value}")
+        abort(403, message=f"This action needs the {access.Permission.patient_read.value} permission.")
+
+
 def require_member(identity: Identity, action: str = "read",
                    roles: frozenset[TeamRole] | None = None) -> tuple[Team, TeamMember]:
     """The caller's team, or 403 (audited) for anyone who serves in none or lacks the team role."""
+    _require_clinical(identity)
     found = membership(platform_session(), identity.user_id)
-    clinical = access.Permission.patient_read in access.permissions_of(identity)
-    if found is None or not clinical or (roles is not None and found[1].team_role not in roles):
+    if found is None or (roles is not None and found[1].team_role not in roles):
         audit.record(action, "denied", resource_type="FamilyDoctorTeam",
                      detail="caller serves in no family-doctor team" if found is None
                      else f"team role {found[1].team_role.value} may not {action}")
@@ -110,11 +117,11 @@ def active_contract(session: Session, person_id: str) -> Contract | None:
 
 def visible_contract(identity: Identity, contract_id: str, action: str = "read") -> Contract:
     """A contract of the caller's team, or of their institution for its staff; otherwise 404, audited."""
+    _require_clinical(identity)
     session = platform_session()
     contract = session.get(Contract, contract_id) if len(contract_id) <= 36 else None
     found = membership(session, identity.user_id)
-    clinical = access.Permission.patient_read in access.permissions_of(identity)
-    ours = contract is not None and clinical and (
+    ours = contract is not None and (
         (found is not None and found[0].id == contract.team_id) or identity.institution_id == contract.institution_id)
     if not ours:
         audit.record(action, "denied" if contract is not None else "not_found", resource_type=RESOURCE,
@@ -140,8 +147,14 @@ def _record_of(identity: Identity, team: Team, patient_id: str, field: str) -> t
 
 
 def _check_terms(body: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The packages and groups, each once and each in the catalogue, and a term within bounds; else 422 naming it."""
     known = catalogue()
     packages = list(dict.fromkeys(body["packages"]))
+    if not packages:
+        invalid("packages", "must name at least one service package")
+    term = body.get("term_days")
+    if term is not None and not 1 <= term <= MAX_TERM_DAYS:
+        invalid("term_days", f"must be from 1 to {MAX_TERM_DAYS} days")
     groups = list(dict.fromkeys(body.get("priority_groups") or []))
     for index, code in enumerate(packages):
         if code not in known["packages"]:
@@ -151,6 +164,31 @@ def _check_terms(body: dict[str, Any]) -> tuple[list[str], list[str]]:
             invalid(f"priority_groups[{index}]",
                     f"{code!r} is not a priority group ({', '.join(known['priority_groups'])})")
     return packages, groups
+
+
+def _check_region(session: Session, team: Team, code: str | None, field: str = "region_code") -> None:
+    """Where the resident lives: a region of the region table, at or below one of the areas the team serves."""
+    if code is None:
+        return
+    if session.get(Region, code) is None:
+        invalid(field, f"{code!r} is not in the region table")
+    areas = list(session.scalars(select(TeamArea.region_code).where(TeamArea.team_id == team.id)))
+    if not areas:
+        return
+    lineage, at = set(), session.get(Region, code)
+    while at is not None and at.code not in lineage:
+        lineage.add(at.code)
+        at = session.get(Region, at.parent_code) if at.parent_code else None
+    if not lineage & set(areas):
+        invalid(field, f"{code} is not in an area team {team.code} serves ({', '.join(sorted(areas))})")
+
+
+def _check_start(starts_on: date, term: int, today: date) -> None:
+    """A contract may be signed ahead by up to 90 days, or backdated as long as its term has not run out."""
+    if starts_on > today + timedelta(days=90):
+        invalid("starts_on", "may be at most 90 days ahead")
+    if starts_on + timedelta(days=term - 1) < today:
+        invalid("starts_on", "is so long ago that the term would already be over")
 
 
 def _open(identity: Identity, team: Team, patient: Patient, person: str, body: dict[str, Any],
@@ -167,9 +205,9 @@ def _open(identity: Identity, team: Team, patient: Patient, person: str, body: d
         priority_groups=groups, region_code=body.get("region_code"), status=ContractStatus.active,
         starts_on=starts_on, ends_on=starts_on + timedelta(days=term - 1), signed_by=identity.user_id,
         signed_at=utcnow(), previous_id=previous.id if previous else None)
-    session.add(contract)
     try:
-        with session.begin_nested():
+        with session.begin_nested():  # flushes what is pending first, so the contract is added inside it
+            session.add(contract)
             session.flush()
     except IntegrityError:
         other = active_contract(session, person)
@@ -177,8 +215,11 @@ def _open(identity: Identity, team: Team, patient: Patient, person: str, body: d
                      detail="person already holds an active contract")
         abort(409, message="This resident already holds an active contract"
               + (f" (until {other.ends_on.isoformat()}); renew, end or transfer it instead." if other else "."))
-    care.grant(session, team.institution_id, person, care.CareKind.contract, source_ref=source_ref(contract),
-               ends_at=day_end(contract.ends_on))
+    # the team's centre, and the village clinic holding the signed record when it is not the centre: the village
+    # doctor who signed the resident reads their shared record too, for as long as the contract runs
+    for institution_id in dict.fromkeys((team.institution_id, patient.institution_id)):
+        care.grant(session, institution_id, person, care.CareKind.contract, source_ref=source_ref(contract),
+                   ends_at=day_end(contract.ends_on))
     followups.schedule_contract(session, contract, max(starts_on, local_today()))
     emit(session, PLATFORM, "family_doctor.contract_signed",
          {"contract_id": contract.id, "team_id": team.id, "person": person})
@@ -193,6 +234,9 @@ def sign(identity: Identity, body: dict[str, Any]) -> Contract:
     patient, person = _record_of(identity, team, body["patient_id"], "patient_id")
     tenant_code = platform_session().get_one(Institution, team.institution_id).tenant.code
     starts_on = body.get("starts_on") or local_today()
+    _check_terms(body)
+    _check_start(starts_on, body.get("term_days") or DEFAULT_TERM_DAYS, local_today())
+    _check_region(platform_session(), team, body.get("region_code"))
     return _open(identity, team, patient, person, body, tenant_code, starts_on)
 
 
@@ -248,6 +292,7 @@ def renew(identity: Identity, contract_id: str, body: dict[str, Any]) -> Contrac
     terms = {"packages": body.get("packages") or old.packages,
              "priority_groups": old.priority_groups if body.get("priority_groups") is None
              else body["priority_groups"], "term_days": body.get("term_days"), "region_code": old.region_code}
+    _check_terms(terms)
     _close(identity, old, ContractStatus.renewed, "renewed")
     patient = shard_session(old.tenant_code).get_one(Patient, old.patient_id)
     starts_on = max(old.ends_on + timedelta(days=1), local_today()) if old.ends_on >= local_today() \
@@ -269,12 +314,54 @@ def transfer(identity: Identity, contract_id: str, body: dict[str, Any]) -> Cont
         PersonRecord.institution_id == institution.id, PersonRecord.patient_id.is_not(None)).limit(1))
     if local_id is None:
         invalid("team", "has no record of this person in its register; the new team registers them first")
+    _check_region(session, target, body.get("region_code"))
     _close(identity, old, ContractStatus.transferred, f"transferred to {target.code}"
            + (f": {body['reason'].strip()}" if body.get("reason") else ""))
     patient = shard_session(institution.tenant.code).get_one(Patient, local_id)
     terms = {"packages": old.packages, "priority_groups": old.priority_groups, "region_code": body.get("region_code")}
     return _open(identity, target, patient, old.master_person_id, terms, institution.tenant.code, local_today(),
                  previous=old)
+
+
+def read(identity: Identity, contract_id: str) -> Contract:
+    """A contract of the caller's team or institution, its reading audited with its patient."""
+    contract = visible_contract(identity, contract_id)
+    audit.record("read", resource_type=RESOURCE, resource_id=contract.id, patient=contract_ref(contract),
+                 purpose="treatment")
+    return contract
+
+
+def search(identity: Identity, filters: dict[str, Any], offset: int, limit: int,
+           today: date | None = None) -> tuple[list[Contract], int]:
+    """One page of the caller's team's contracts, newest first (soonest to end first when asking what expires);
+    every contract shown is audited with its patient."""
+    team, _member = require_member(identity, "search")
+    today = today or local_today()
+    query = select(Contract).where(Contract.team_id == team.id)
+    if filters.get("status") is not None:
+        query = query.where(Contract.status == filters["status"])
+    if filters.get("package"):
+        query = query.where(type_coerce(Contract.packages, String).contains(f'"{filters["package"]}"',
+                                                                            autoescape=True))
+    if filters.get("priority_group"):
+        query = query.where(type_coerce(Contract.priority_groups, String).contains(
+            f'"{filters["priority_group"]}"', autoescape=True))
+    expiring = filters.get("expiring_within_days")
+    if expiring is not None:
+        query = query.where(Contract.status == ContractStatus.active,
+                            Contract.ends_on <= today + timedelta(days=expiring))
+    session = platform_session()
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    order = (Contract.ends_on, Contract.id) if expiring is not None else (Contract.signed_at.desc(),
+                                                                          Contract.id.desc())
+    rows = list(session.scalars(query.order_by(*order).offset(offset).limit(limit)))
+    asked = ",".join(f"{key}={getattr(value, 'value', value)}" for key, value in sorted(filters.items()))
+    audit.record("search", resource_type=RESOURCE, purpose="treatment",
+                 detail=f"team {team.code} {asked} results={len(rows)}"[:500])
+    for contract in rows:
+        audit.record("read", resource_type=RESOURCE, resource_id=contract.id, patient=contract_ref(contract),
+                     purpose="treatment")
+    return rows, total
 
 
 def expire_due(session: Session, today: date | None = None) -> int:

@@ -13,21 +13,23 @@ from sqlalchemy import select
 from hie.platform.access import Permission, require
 from hie.platform.auth.decorators import login_required
 from hie.platform.db import platform_session, utcnow
+from hie.platform.schemas import PathSchema
 from hie.referral import capacity, services
 from hie.referral.api import blp
 from hie.referral.capacity import local_day
 from hie.referral.models import Direction
-from hie.referral.schemas import PathSchema
 from hie.tenants.models import Institution
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 92
+# Slot days are clinic days: a bound keeps a day at the edge of the calendar from overflowing its UTC bounds
+IN_SERVICE = validate.Range(date(2000, 1, 1), date(2099, 12, 31), error="must be a day from 2000 to 2099")
 
 
 class DaySlotsSchema(PathSchema):
     """One day's capacity."""
 
-    day = fields.Date(required=True)
+    day = fields.Date(required=True, validate=IN_SERVICE)
     capacity = fields.Integer(required=True, strict=True, validate=validate.Range(0, capacity.MAX_CAPACITY))
 
 
@@ -52,8 +54,8 @@ class SlotsInSchema(PathSchema):
 class WindowSchema(PathSchema):
     """Days from and to (inclusive); today and the next 13 days by default, at most 92."""
 
-    start = fields.Date(data_key="from", load_default=None)
-    end = fields.Date(data_key="to", load_default=None)
+    start = fields.Date(data_key="from", load_default=None, validate=IN_SERVICE)
+    end = fields.Date(data_key="to", load_default=None, validate=IN_SERVICE)
 
     @validates_schema
     def _window(self, data: dict[str, Any], **_: object) -> None:

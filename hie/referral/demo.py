@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask, g
+from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -15,11 +14,9 @@ from hie.empi.services import person_of_patient
 from hie.exchange.demo_data import demo_people
 from hie.exchange.models import FhirResource
 from hie.patients.models import Patient
-from hie.platform.audit.services import flush_pending
 from hie.platform.auth.identity import Identity
-from hie.platform.auth.models import User
-from hie.platform.db import finish_unit_of_work, utcnow
-from hie.platform.jobs.services import discard_uncommitted, dispatch_committed
+from hie.platform.db import utcnow
+from hie.platform.scripted import identity_of, in_request
 from hie.referral import capacity, services
 from hie.referral.models import Direction, Referral, ReferralStatus, Urgency
 from hie.tenants.models import Institution
@@ -41,33 +38,6 @@ PLAN: tuple[tuple[ReferralStatus, Urgency, int], ...] = (
 DEMO_SLOTS = {("LF-PH", "心内科"): 6, ("LF-PH", "内分泌科"): 4, ("YAODU-CH", "心内科"): 4, ("YAODU-CH", "内分泌科"): 3}
 DIAGNOSES = ({"code": "I10", "text": "原发性高血压"}, {"code": "E11.9", "text": "2型糖尿病，无并发症"},
              {"code": "I20.0", "text": "不稳定型心绞痛"}, {"code": "J18.9", "text": "肺炎"})
-
-
-def _identity(session: Session, username: str) -> Identity:
-    user = session.scalars(select(User).where(User.username == username)).one()
-    tenant = user.institution.tenant
-    return Identity(user_id=user.id, username=user.username, roles=frozenset(user.roles),
-                    institution_id=user.institution_id, institution_code=user.institution.code,
-                    tenant_id=tenant.id, tenant_code=tenant.code, region_code=tenant.region_code,
-                    session_id=f"demo-referral-{user.id}")
-
-
-def _in_request(app: Flask, identity: Identity, work: Callable[[], Any]) -> Any:
-    """One request's unit of work, finished as the app's after_request finishes it."""
-    engines, ring = app.extensions["hie.engines"], app.extensions["hie.keyring"]
-    with app.test_request_context("/api/v1/referrals", method="POST"):
-        g.identity, g.request_id = identity, uuid.uuid4().hex
-        try:
-            result = work()
-            finish_unit_of_work(commit=True)
-        except BaseException:
-            finish_unit_of_work(commit=False)
-            flush_pending(engines.platform, ring, failed=True)
-            discard_uncommitted()
-            raise
-        flush_pending(engines.platform, ring, failed=False)
-        dispatch_committed()
-    return result
 
 
 def _local_ids(app: Flask, institution: Institution) -> dict[str, str]:
@@ -111,7 +81,7 @@ def _play(app: Flask, who: dict[str, Identity], pair: tuple[str, str, str, str],
             "department": "心内科" if diagnosis["code"].startswith("I") else "内分泌科",
             "reason": f"{diagnosis['text']}，乡镇卫生院处理困难，请上级医院进一步诊治", "diagnoses": [diagnosis],
             "clinical_summary": "血压控制不佳，近一周头晕加重。", "records": records}
-    referral = _in_request(app, who[SENDER], lambda: services.create(who[SENDER], body, made))
+    referral = in_request(app, who[SENDER], lambda: services.create(who[SENDER], body, made))
     steps: list[tuple[str, Identity, Callable[[datetime], Any]]] = []
     rid, host = referral.id, who[receiver]
     if final is ReferralStatus.declined:
@@ -135,7 +105,7 @@ def _play(app: Flask, who: dict[str, Identity], pair: tuple[str, str, str, str],
         steps.append(("complete", host, lambda at: services.complete(host, rid, summary, at)))
     for index, (_name, actor, move) in enumerate(steps, start=1):
         at = min(made + timedelta(hours=3 * index if index < 3 else 24 * index), utcnow())
-        _in_request(app, actor, lambda move=move, at=at: move(at))
+        in_request(app, actor, lambda move=move, at=at: move(at))
 
 
 def _publish_slots(app: Flask, institutions: dict[str, Institution]) -> None:
@@ -158,7 +128,8 @@ def add_demo_referrals(app: Flask, echo: Callable[[str], None]) -> None:
         if made:
             echo(f"demo referrals: already made ({made} from {SENDER})")
             return
-        who = {code: _identity(session, username) for code, username in ((SENDER, SENDER_USER), *RECEIVERS.items())}
+        who = {code: identity_of(session, username, "demo-referral")
+               for code, username in ((SENDER, SENDER_USER), *RECEIVERS.items())}
         pairs = _pairs(app, session, institutions)
     _publish_slots(app, institutions)
     for number, (pair, plan) in enumerate(zip(pairs, PLAN, strict=False)):

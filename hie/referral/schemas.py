@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from hie.platform.schemas import PathSchema
 from hie.referral.models import Direction, ReferralStatus, Urgency
 
 ICD10_RE = re.compile(r"^[A-TV-Z][0-9][0-9AB](\.[0-9A-TV-Z]{1,4})?$")
 RECORD_RE = re.compile(r"^[A-Z][A-Za-z]{1,40}/[A-Za-z0-9\-.]{1,64}$")
 MAX_TEXT = 20000
-
-
-def field_paths(messages: Any, prefix: str = "") -> dict[str, list[str]]:
-    """marshmallow's nested messages as one entry per field, lists indexed as FHIRPath writes them: records[1]."""
-    if isinstance(messages, dict):
-        out: dict[str, list[str]] = {}
-        for key, value in messages.items():
-            path = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else str(key)
-            out.update(field_paths(value, path))
-        return out
-    if isinstance(messages, list) and all(isinstance(message, str) for message in messages):
-        return {prefix or "_schema": messages}
-    if isinstance(messages, list):
-        return field_paths(dict(enumerate(messages)), prefix)
-    return {prefix or "_schema": [str(messages)]}
-
-
-class PathSchema(Schema):
-    """Refusals name each field by its path: diagnoses[0].code, back_referral.records[1]."""
-
-    def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
-        """Re-raise with the messages keyed by field path."""
-        raise ValidationError(field_paths(error.messages)) from None
 
 
 class DiagnosisSchema(PathSchema):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC
-from functools import wraps
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,8 +15,8 @@ from hie.platform.access import Permission, region_subtree, require
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import login_required
 from hie.platform.db import platform_session, utcnow
+from hie.platform.schemas import PathSchema, stats_reader
 from hie.referral.api import blp
-from hie.referral.schemas import PathSchema
 from hie.referral.stats import GROUPS, MAX_WINDOW, Window, default_window, referral_figures
 
 
@@ -89,20 +87,11 @@ class ReferralStatsSchema(Schema):
     groups = fields.List(fields.Nested(FiguresSchema))
 
 
-def _stats_reader(view: Callable[..., Any]) -> Callable[..., Any]:
-    """The permission before the query string: a caller without stats:read learns nothing from a 422."""
-    @wraps(view)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        require(Permission.stats_read)
-        return view(*args, **kwargs)
-    return guarded
-
-
 @blp.route("/stats/referrals")
 class ReferralStatistics(MethodView):
     """Aggregates for health administrators."""
 
-    decorators = [_stats_reader, login_required]
+    decorators = [stats_reader, login_required]
 
     @blp.arguments(StatsQuerySchema, location="query")
     @blp.response(200, ReferralStatsSchema)

@@ -200,9 +200,20 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_fd_alerts_master_person_id'), ['master_person_id'], unique=False)
         batch_op.create_index('ix_fd_alerts_team_open', ['team_id', 'resolved_at'], unique=False)
 
+    op.create_table('fd_populations',
+    sa.Column('region_code', sa.String(length=12), nullable=False),
+    sa.Column('priority_group', sa.String(length=40), nullable=False),
+    sa.Column('year', sa.Integer(), nullable=False),
+    sa.Column('persons', sa.Integer(), nullable=False),
+    sa.Column('loaded_at', hie.platform.db.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['region_code'], ['regions.code'], name=op.f('fk_fd_populations_region_code_regions')),
+    sa.PrimaryKeyConstraint('region_code', 'priority_group', 'year', name=op.f('pk_fd_populations'))
+    )
+
 
 
 def downgrade() -> None:
+    op.drop_table('fd_populations')
     with op.batch_alter_table('fd_alerts', schema=None) as batch_op:
         batch_op.drop_index('ix_fd_alerts_team_open')
         batch_op.drop_index(batch_op.f('ix_fd_alerts_master_person_id'))
