@@ -12,6 +12,17 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
+from hie.consult.models import (
+    Attachment,
+    Consultation,
+    ConsultationStep,
+    Opinion,
+    Participant,
+    SigningKey,
+    TeachingInvite,
+    TeachingRegistration,
+    TeachingSession,
+)
 from hie.empi.models import (
     BlockingKey,
     MasterPerson,
@@ -157,6 +168,9 @@ def wipe(app: Flask) -> None:
         session.execute(update(MasterPerson).values(merged_into=None))
         session.execute(update(Referral).values(follow_up_of=None))
         session.execute(update(Contract).values(previous_id=None))
+        for model in (Opinion, SigningKey, Attachment, Participant, ConsultationStep, Consultation,
+                      TeachingRegistration, TeachingInvite, TeachingSession):
+            session.execute(delete(model))
         for model in (Delivery, Article, Alert, FollowUp, Vitals, Contract, TeamMember, TeamArea, Team, Population):
             session.execute(delete(model))
         for model in (WebhookDelivery, NotificationRead, Notification, InstitutionWebhook, ReferralStep, Referral,

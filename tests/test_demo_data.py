@@ -177,3 +177,30 @@ def test_referrals_in_every_state_made_once(demo: tuple[Path, str]) -> None:
     before = _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM referral_steps) FROM referrals")
     assert "demo referrals: already made" in _hie(home, "demo").stdout
     assert _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM referral_steps) FROM referrals") == before
+
+
+def test_family_doctor_care_shows_on_the_worklist_the_portal_and_the_figures(demo: tuple[Path, str],
+                                                                             demo_client: Any) -> None:
+    home, out = demo
+    assert "demo family doctor: 3 teams" in out and "yaodu.village1" in out and "yaodu.publichealth" in out
+    summary = demo_client.get("/api/v1/family-doctor/worklist/summary",
+                              headers=_demo_login(demo_client, "yaodu.familydoctor")).get_json()
+    assert summary["team"] == "YAODU-T1-A" and min(summary["due"], summary["overdue"], summary["alerts"],
+                                                   summary["expiring"]) > 0, summary
+    resident = _demo_login(demo_client, "yaodu.resident")
+    contract = demo_client.get("/api/v1/me/contract", headers=resident).get_json()
+    assert contract["team"]["code"] == "YAODU-T1-A"
+    assert "hypertension" in {package["code"] for package in contract["packages"]}
+    readings = demo_client.get("/api/v1/me/vitals", headers=resident).get_json()["readings"]
+    assert {reading["source"] for reading in readings} == {"self", "team"}
+    assert demo_client.get("/api/v1/me/education", headers=resident).get_json(), "articles were delivered"
+    total = demo_client.get("/api/v1/stats/family-doctor",
+                            headers=_demo_login(demo_client, "healthadmin")).get_json()["total"]
+    hearts = total["hypertension"]
+    assert hearts["registered"] > 100 and 0.5 < hearts["controlled_share"] < 0.95 and hearts["lost_to_follow_up"] > 0
+    platform = home / "platform.db"
+    classes = {c for (c,) in _query(platform, "SELECT DISTINCT classification FROM fd_follow_ups WHERE status='done'")}
+    assert classes == {"controlled", "not_controlled", "urgent"}
+    before = _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM fd_vitals) FROM fd_contracts")
+    assert "demo family doctor: already made" in _hie(home, "demo").stdout
+    assert _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM fd_vitals) FROM fd_contracts") == before

@@ -23,11 +23,12 @@ from hie.family_doctor.models import (
     Vitals,
 )
 from hie.family_doctor.population_cli import register_population
-from hie.family_doctor.stats import Window, family_doctor_figures
+from hie.family_doctor.stats import family_doctor_figures
 from hie.platform.audit.models import AuditEvent
 from hie.platform.auth import accounts
 from hie.platform.auth.models import Role
 from hie.platform.db import session_scope
+from hie.platform.figures import Window
 from hie.tenants import services as tenants
 from hie.tenants.models import InstitutionLevel, RegionLevel
 from tests.conftest import PASSWORD, hie_environ, login
@@ -233,6 +234,21 @@ def test_the_city_administrator_sees_the_hand_computed_hearts_figures(client, as
     assert (event.username, event.action, event.outcome, event.patient) == ("healthadmin", "read", "success", None)
     assert "group_by= groups=0" in event.detail
     assert cohort.person["p1"] not in str(body)
+
+
+def test_a_paper_contract_entered_late_counts_from_the_day_it_began(client, as_user, cohort, platform_db):
+    """p12 signed on paper on 2025-03-01, entered on 2025-11-20 with a controlled visit on 2025-11-21: registered
+    (in effect more than 3 months before E) and controlled, so 6 of 13; held, and signed in the window."""
+    with session_scope(platform_db.get_bind()) as session:
+        team = session.scalars(select(Team).where(Team.code == "T-YAODU")).one()
+        cohort.session = session
+        cohort.sign(team, "p12", ["basic", "hypertension"], ["hypertension"], "2025-11-20")
+        session.get(Contract, cohort.contract["p12"]).starts_on = date(2025, 3, 1)
+        cohort.follow_up(team, "p12", "hypertension", "2025-11-21", FollowUpStatus.done, at("2025-11-21"),
+                         bp=(130, 80))
+    total = _stats(client, as_user("healthadmin"))["total"]
+    assert (total["hypertension"]["registered"], total["hypertension"]["controlled"]) == (13, 6)
+    assert total["contracts"] == {"active": 19, "signed": 20, "suppressed": False}
 
 
 def test_by_team_the_small_team_is_suppressed(client, as_user, cohort):

@@ -190,7 +190,7 @@ class _Player:
                 follow_up, _ = followups.record(doctor, body)
                 self.visits += 1
                 gap = 90 if follow_up.classification.value == "controlled" else 14
-                day += timedelta(days=gap + self.rng.randint(-4, 8))
+                day += timedelta(days=gap + self.rng.choice((-6, -3, -1, 0, 0, 2, 5)))  # mostly on time
 
     def self_readings(self, resident: Identity) -> None:
         """The demo resident's own home blood pressure, about weekly for three months, uploaded from their device."""
@@ -265,8 +265,8 @@ def add_demo_family_doctor(app: Flask, echo: Callable[[str], None]) -> None:
         who = {name: identity_of(session, name, "demo-family-doctor")
                for name in ["yaodu.familydoctor", "yaodu.publichealth", RESIDENT, *(s[0] for s in STAFF)]}
         plan: list[tuple[Identity, str, date | None, str, DemoTeam]] = [
-            (who["yaodu.familydoctor" if index % 3 else "yaodu.t1.doctor2"], patient_id, birth, sex,
-             TEAMS[0] if index % 3 else TEAMS[1]) for index, (patient_id, birth, sex) in
+            (who["yaodu.t1.doctor2" if index % 3 == 1 else "yaodu.familydoctor"], patient_id, birth, sex,
+             TEAMS[1] if index % 3 == 1 else TEAMS[0]) for index, (patient_id, birth, sex) in
             enumerate(_township_patients(app, session))]
     for spec in TEAMS:
         clinic, doctor_name, village = spec.village or (spec.institution, spec.members[0][0], "东关村")

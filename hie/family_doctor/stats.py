@@ -8,9 +8,11 @@ Definitions (docs/family_doctor.md and bench/README_family_doctor.md repeat them
   a state (held contracts, coverage, HEARTS) are taken at the window's end, or, grouped by month, at the end of each
   month (the last month ends at until). Figures that count events (contracts signed, follow-ups due) count the
   events of the window, or of each month.
-* A contract is held at an instant t when it was signed before t (signed_at < t), had not ended (ended_at is null or
-  >= t) and its term runs on the day before t (ends_on >= local date of t - 1 microsecond). Renewal and transfer end
-  one contract as the next is signed, so a person holds at most one at any instant.
+* A contract is in effect from the earlier of its signing and its first day (a paper contract entered late counts
+  from the day it began; a renewal signed ahead of its term from its signing). It is held at an instant t when it was
+  in effect before t (signed_at < t, or starts_on <= the local date of t - 1 microsecond), had not ended (ended_at is
+  null or >= t) and its term runs on the day before t (ends_on >= local date of t - 1 microsecond). Renewal and
+  transfer end one contract as the next is signed, so a person holds at most one at any instant.
 * A contract's team, institution (the team's), township (the institution's region) and county (the region of the
   contract's tenant) are its groups; a contract is in the caller's scope when its county or its township is.
 * contracts.active: persons holding a contract at the end. contracts.signed: contracts signed in the window.
@@ -23,7 +25,7 @@ Definitions (docs/family_doctor.md and bench/README_family_doctor.md repeat them
   day (done_at < local midnight after due_on; the zone's UTC offset at until is used for the whole window).
 * HEARTS, per condition (hypertension: the packages that schedule hypertension follow-ups; diabetes likewise), at
   the end E: registered = persons holding at E a contract with the condition's package whose first contract with
-  such a package was signed before E - 3 months. A visit is a face-to-face measurement of the condition's measure:
+  such a package was in effect before E - 3 months. A visit is a face-to-face measurement of the condition's measure:
   a done face-to-face follow-up of that condition with its measure (SBP and DBP; fasting glucose), or a staff reading
   (Vitals not self-reported, taken at a clinic or a home visit) with that measure, by any team. controlled = the
   registered whose last visit in [E - 3 months, E) was controlled (SBP < 140 and DBP < 90 mmHg; fasting glucose
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -71,33 +72,13 @@ from hie.family_doctor.models import (
     Vitals,
 )
 from hie.family_doctor.services import catalogue
-from hie.platform.db import utcnow
+from hie.platform.figures import MIN_CELL, Window, default_window
 from hie.tenants.models import Institution, Region, Tenant
 
 GROUPS = ("team", "institution", "township", "county", "month")
-MIN_CELL = 5  # a block counting 1 to 4 persons or follow-ups shows no figures: a rare cell could point at one person
-MAX_WINDOW = timedelta(days=5 * 366)
 RECENT_MONTHS, LOST_MONTHS = 3, 12
 SBP_LIMIT, DBP_LIMIT, FPG_LIMIT = 140, 90, 7.0  # controlled below these (HEARTS; the Specification's tables)
 BLOCKS = ("contracts", "coverage", "follow_ups", "hypertension", "diabetes")
-
-
-@dataclass(frozen=True)
-class Window:
-    """The figures' window: events in [since, until), states at until, months in the region's own time zone."""
-
-    since: datetime
-    until: datetime
-    zone: ZoneInfo
-
-
-def default_window(zone: ZoneInfo, now: datetime | None = None) -> Window:
-    """The twelve calendar months up to now: the current month and the eleven before it."""
-    until = now or utcnow()
-    local = until.astimezone(zone)
-    months = local.year * 12 + local.month - 1 - 11
-    since = datetime(months // 12, months % 12 + 1, 1, tzinfo=zone)
-    return Window(since.astimezone(UTC), until.astimezone(UTC), zone)
 
 
 def months_before(instant: datetime, months: int, zone: ZoneInfo) -> datetime:
@@ -150,8 +131,14 @@ class _Columns:
                 .where(or_(Tenant.region_code.in_(region_codes), Institution.region_code.in_(region_codes))))
 
 
+def _in_effect_before(at: datetime, zone: ZoneInfo) -> ColumnElement[bool]:
+    """A contract is in effect from the earlier of its signing and its first day: a paper contract entered late
+    counts from the day it began, a renewal signed ahead of its term from its signing."""
+    return or_(Contract.signed_at < at, Contract.starts_on <= _last_day(at, zone))
+
+
 def _held(at: datetime, zone: ZoneInfo) -> ColumnElement[bool]:
-    return and_(Contract.signed_at < at, or_(Contract.ended_at.is_(None), Contract.ended_at >= at),
+    return and_(_in_effect_before(at, zone), or_(Contract.ended_at.is_(None), Contract.ended_at >= at),
                 Contract.ends_on >= _last_day(at, zone))
 
 
@@ -217,7 +204,7 @@ def _hearts(session: Session, columns: _Columns, keys: list[ColumnElement[Any]],
     last = (select(visits.c.person, func.min(visits.c.ok).label("ok"))
             .join(seen, and_(seen.c.person == visits.c.person, seen.c.last == visits.c.at))
             .group_by(visits.c.person).subquery("last_visit"))
-    first = select(Contract.master_person_id).where(package, Contract.signed_at < recent)
+    first = select(Contract.master_person_id).where(package, _in_effect_before(recent, zone))
     query = select(*keys, func.count(Contract.master_person_id), _counted(last.c.ok == 1),
                    _counted(seen.c.last.is_(None)), _counted(seen.c.person.is_(None))).select_from(Contract)
     query = (columns.joined(query, codes)

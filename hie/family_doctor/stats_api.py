@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-from webargs.fields import DelimitedList
+from marshmallow import Schema, fields
 
 from hie.family_doctor.api import blp
-from hie.family_doctor.stats import GROUPS, MAX_WINDOW, Window, default_window, family_doctor_figures
+from hie.family_doctor.stats import GROUPS, family_doctor_figures
 from hie.platform.access import Permission, region_subtree, require
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import login_required
-from hie.platform.db import platform_session, utcnow
-from hie.platform.limits import EARLIEST_QUERY_DATE, LATEST_QUERY_DATE
+from hie.platform.db import platform_session
+from hie.platform.figures import WindowQuerySchema, asked_window, group_by
 from hie.platform.schemas import stats_reader
 
-WHEN = validate.Range(min=EARLIEST_QUERY_DATE, max=LATEST_QUERY_DATE)
 
+class FamilyDoctorStatsQuerySchema(WindowQuerySchema):
+    """The window ([since, until), both with a time zone; states are taken at until) and what to group by."""
 
-class FamilyDoctorStatsQuerySchema(Schema):
-    """The window ([since, until), both with a time zone) and what to group by."""
-
-    class Meta:
-        ordered = True
-
-    since = fields.AwareDateTime(default_timezone=None, validate=WHEN, metadata={
-        "description": "Default: the start of the local month eleven months before until"})
-    until = fields.AwareDateTime(default_timezone=None, validate=WHEN, metadata={
-        "description": "Default: now. States (held contracts, coverage, HEARTS) are taken at until"})
-    group_by = DelimitedList(fields.String(validate=validate.OneOf(GROUPS)), load_default=list,
-                             validate=validate.Length(max=len(GROUPS)),
-                             metadata={"description": f"Comma-separated, any of {', '.join(GROUPS)}"})
-
-    @validates_schema
-    def _window(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        since, until = data.get("since"), data.get("until") or utcnow()
-        if since is not None and since >= until:
-            raise ValidationError("must be before until (or now)", "since")
-        if since is not None and until - since > MAX_WINDOW:
-            raise ValidationError("must be at most five years before until", "since")
+    group_by = group_by(GROUPS)
 
 
 class ContractFiguresSchema(Schema):
@@ -154,10 +133,7 @@ class FamilyDoctorStatistics(MethodView):
         """Contracts, coverage, follow-ups on time and HEARTS control of the caller's region, by team, institution,
         township, county and month"""
         identity = require(Permission.stats_read)
-        zone = ZoneInfo(current_app.config["HIE"].timezone)
-        window = default_window(zone, query.get("until"))
-        if query.get("since") is not None:
-            window = Window(query["since"].astimezone(UTC), window.until, zone)
+        window = asked_window(query, ZoneInfo(current_app.config["HIE"].timezone))
         session = platform_session()
         figures = family_doctor_figures(session, region_subtree(session, identity.region_code), window,
                                         query["group_by"])

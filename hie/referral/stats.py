@@ -5,8 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,33 +14,14 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from hie.platform.db import utcnow
+from hie.platform.figures import MIN_CELL, Window, default_window
 from hie.referral.models import Direction, Referral, ReferralStatus, ReferralStep
 from hie.tenants.models import Institution, Region, Tenant
 
 GROUPS = ("direction", "urgency", "status", "sender", "receiver", "county", "month")
-MIN_CELL = 5  # a group of 1 to 4 referrals shows no figures: a rare combination could point at one patient
-MAX_WINDOW = timedelta(days=5 * 366)
 FIGURES = ("referrals", "up", "down", "answered", "accepted", "declined", "acceptance_rate",
            "median_minutes_to_answer", "median_minutes_to_arrival", "answered_within_deadline_share",
            "down_to_up_ratio")
-
-
-@dataclass(frozen=True)
-class Window:
-    """The referrals counted: made in [since, until), months labelled in the region's own time zone."""
-
-    since: datetime
-    until: datetime
-    zone: ZoneInfo
-
-
-def default_window(zone: ZoneInfo, now: datetime | None = None) -> Window:
-    """The twelve calendar months up to now: the current month and the eleven before it."""
-    until = now or utcnow()
-    local = until.astimezone(zone)
-    months = local.year * 12 + local.month - 1 - 11
-    since = datetime(months // 12, months % 12 + 1, 1, tzinfo=zone)
-    return Window(since.astimezone(UTC), until.astimezone(UTC), zone)
 
 
 def _month_starts(window: Window) -> list[tuple[str, datetime]]:

@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-from webargs.fields import DelimitedList
+from marshmallow import Schema, fields
 
 from hie.platform.access import Permission, region_subtree, require
 from hie.platform.audit import services as audit
 from hie.platform.auth.decorators import login_required
-from hie.platform.db import platform_session, utcnow
-from hie.platform.schemas import PathSchema, stats_reader
+from hie.platform.db import platform_session
+from hie.platform.figures import WindowQuerySchema, asked_window, group_by
+from hie.platform.schemas import stats_reader
 from hie.referral.api import blp
-from hie.referral.stats import GROUPS, MAX_WINDOW, Window, default_window, referral_figures
+from hie.referral.stats import GROUPS, referral_figures
 
 
-class StatsQuerySchema(PathSchema):
+class StatsQuerySchema(WindowQuerySchema):
     """The window (made in [since, until), both with a time zone) and what to group by."""
 
-    class Meta:
-        ordered = True
-
-    since = fields.AwareDateTime(default_timezone=None, metadata={
-        "description": "Default: the start of the local month eleven months before until"})
-    until = fields.AwareDateTime(default_timezone=None, metadata={"description": "Default: now"})
-    group_by = DelimitedList(fields.String(validate=validate.OneOf(GROUPS)), load_default=list,
-                             validate=validate.Length(max=len(GROUPS)),
-                             metadata={"description": f"Comma-separated, any of {', '.join(GROUPS)}"})
-
-    @validates_schema
-    def _window(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        since, until = data.get("since"), data.get("until") or utcnow()
-        if since is not None and since >= until:
-            raise ValidationError("must be before until (or now)", "since")
-        if since is not None and until - since > MAX_WINDOW:
-            raise ValidationError("must be at most five years before until", "since")
+    group_by = group_by(GROUPS)
 
 
 class FiguresSchema(Schema):
@@ -98,10 +81,7 @@ class ReferralStatistics(MethodView):
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """Referrals touching the caller's region by direction, urgency, state, institution, county and month"""
         identity = require(Permission.stats_read)
-        zone = ZoneInfo(current_app.config["HIE"].timezone)
-        window = default_window(zone, query.get("until"))
-        if query.get("since") is not None:
-            window = Window(query["since"].astimezone(UTC), window.until, zone)
+        window = asked_window(query, ZoneInfo(current_app.config["HIE"].timezone))
         session = platform_session()
         figures = referral_figures(session, region_subtree(session, identity.region_code), window,
                                    query["group_by"])
