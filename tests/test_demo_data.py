@@ -204,3 +204,21 @@ def test_family_doctor_care_shows_on_the_worklist_the_portal_and_the_figures(dem
     before = _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM fd_vitals) FROM fd_contracts")
     assert "demo family doctor: already made" in _hie(home, "demo").stdout
     assert _query(platform, "SELECT COUNT(*), (SELECT COUNT(*) FROM fd_vitals) FROM fd_contracts") == before
+
+
+def test_consultations_in_every_state_and_lectures(demo: tuple[Path, str], demo_client: Any) -> None:
+    home, out = demo
+    assert "demo consultations: 12 from" in out
+    platform = home / "platform.db"
+    states = {status for (status,) in _query(platform, "SELECT DISTINCT status FROM consultations")}
+    assert states == {"requested", "accepted", "declined", "in_session", "opinion_given", "acknowledged", "closed",
+                      "cancelled"}
+    specialist = _demo_login(demo_client, "specialist")
+    answered = demo_client.get("/api/v1/consultations?box=incoming&status=closed", headers=specialist).get_json()
+    verified = demo_client.get(f"/api/v1/consultations/{answered[0]['id']}/opinion/verify", headers=specialist)
+    assert verified.get_json()["valid"] is True
+    queue = demo_client.get("/api/v1/reading-queue?kind=imaging_read", headers=specialist).get_json()
+    assert queue, "open imaging reads wait in the queue"
+    credits = demo_client.get("/api/v1/teaching/me", headers=_demo_login(demo_client, "yaodu.familydoctor")).get_json()
+    assert credits["total_credits"] >= 1, credits
+    assert "demo consultations: already made" in _hie(home, "demo").stdout

@@ -139,7 +139,8 @@ _EVERY_LOGIN = {("tenants.Institutions", "GET"),  # the directory every clinicia
 # Each lacks most permissions; none may write anything, so the walk changes nothing.
 _CALLERS = ("healthadmin", "auditor", "steward", "resident.wang")
 _QUERIES = {"empi.PersonQuery": "?name=王秀英", "empi.CrossReference": "?local_id=MRN-1",
-            "referrals.ReferralSuggestions": "?direction=up&department=心内科"}
+            "referrals.ReferralSuggestions": "?direction=up&department=心内科",
+            "consult.ReadingQueue": "?kind=imaging_read"}
 _WALK_READING = {"client_id": "walk-1", "contract_id": "x", "taken_at": "2026-01-01T08:00:00+08:00",
                  "systolic": 120, "diastolic": 80}
 # Bodies valid for their schema: a body that fails validation is answered 422 before the permission is checked.
@@ -180,6 +181,20 @@ _BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("family_doctor.AlertResolve", "POST"): {"resolution": "走查"},
     ("family_doctor.AlertReferral", "POST"): {},
     ("family_doctor.Articles", "POST"): {"title": "走查", "body": "走查", "tags": []},
+    ("consult.Consultations", "POST"): {"kind": "consultation", "patient_id": "x", "consultant_institution": "LF-PH",
+                                        "department": "心内科", "question": "走查"},
+    ("consult.ConsultationAccept", "POST"): {"scheduled_at": "2030-01-01T08:00:00Z"},
+    ("consult.ConsultationReschedule", "POST"): {"scheduled_at": "2030-01-01T08:00:00Z"},
+    ("consult.ConsultationDecline", "POST"): {"reason": "走查"},
+    ("consult.ConsultationOpinion", "POST"): {"findings": "走查", "impression": "走查"},
+    ("consult.ConsultationAttachments", "POST"): {"filename": "walk.pdf", "media_type": "application/pdf",
+                                                  "content_base64": "JVBERi0xLjcK"},
+    ("consult.TeachingSessions", "POST"): {"topic": "走查", "starts_at": "2030-01-15T09:00:00+08:00",
+                                           "ends_at": "2030-01-15T10:00:00+08:00", "credits": 1,
+                                           "invited_institutions": ["YAODU-CH"]},
+    ("consult.TeachingSessionById", "PATCH"): {"materials": []},
+    ("consult.TeachingAttendance", "POST"): {"username": "yaodu.doctor", "joined_at": "2030-01-15T09:00:00+08:00",
+                                             "left_at": "2030-01-15T10:00:00+08:00"},
     ("fhir_empi.patient_match", "POST"): {"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": {"resourceType": "Patient", "name": [{"text": "王秀英"}]}}]},
 }

@@ -8,6 +8,15 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from hie.consult.models import (
+    Attachment,
+    Consultation,
+    ConsultationStep,
+    Opinion,
+    TeachingInvite,
+    TeachingRegistration,
+    TeachingSession,
+)
 from hie.empi.models import PersonRecord
 from hie.family_doctor.models import Alert, Article, Contract, Delivery, FollowUp
 from hie.platform.audit.models import AuditEvent
@@ -123,7 +132,8 @@ _ROLE_GATED = {"empi.PersonById", "empi.PersonHistory", "empi.Merge", "empi.Unme
 # The patient each fixture id is about: every refusal naming one of these ids must name that patient.
 _PATIENT_OF = {"{local}": "local", "{fhir_patient}": "fhir_patient", "{observation}": "fhir_patient",
                "{condition}": "fhir_patient", "{referral}": "referred", "{contract}": "referred",
-               "{follow_up}": "referred", "{alert}": "referred"}
+               "{follow_up}": "referred", "{alert}": "referred", "{consultation}": "referred",
+               "{attachment}": "referred"}
 _REFERRAL_MOVES = {"ReferralAccept": {"appointment_at": "2030-01-15T09:00:00+08:00"},
                    "ReferralDecline": {"reason": "x"}, "ReferralArrive": {"patient_id": "{local}"},
                    "ReferralComplete": {"discharge_summary": "x"},
@@ -133,6 +143,16 @@ _CONTRACT_MOVES = {"ContractRenew": {}, "ContractTerminate": {"reason": "x"},
 _FAMILY_DOCTOR_BODIES = {**_CONTRACT_MOVES, "TeamMembers": {"username": "yaodu.fd", "team_role": "doctor"},
                          "FollowUpById": {}, "AlertResolve": {"resolution": "x"},
                          "AlertReferral": {"receiving_institution": "LF-PH"}}
+_PDF = {"filename": "a.pdf", "media_type": "application/pdf", "content_base64": "JVBERi0xLjcK"}
+_CONSULT_BODIES = {"ConsultationAccept": {"scheduled_at": "2030-01-15T09:00:00+08:00"},
+                   "ConsultationReschedule": {"scheduled_at": "2030-01-15T09:00:00+08:00"},
+                   "ConsultationDecline": {"reason": "x"}, "ConsultationStart": {}, "ConsultationAcknowledge": {},
+                   "ConsultationClose": {}, "ConsultationCancel": {}}
+_CONSULT_MOVES = tuple(_CONSULT_BODIES)
+_CONSULT_BODIES.update({"ConsultationOpinion": {"findings": "x", "impression": "x"},
+                        "ConsultationAttachments": _PDF, "TeachingSessionById": {"cancelled": True},
+                        "TeachingAttendance": {"username": "yaodu.fd", "joined_at": "2030-01-15T09:00:00+08:00",
+                                               "left_at": "2030-01-15T10:00:00+08:00"}})
 # (endpoint, method, values) -> the URL arguments; "{x}" names an id of yaodu's fixture data.
 _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("patients.PatientById", "GET", {"patient_id": "{local}"}),
@@ -177,6 +197,22 @@ _CASES: list[tuple[str, str, dict[str, str]]] = [
     ("family_doctor.ArticleById", "GET", {"article_id": "{article}"}),
     ("family_doctor.ArticlePublish", "POST", {"article_id": "{article}"}),
     ("family_doctor.PortalEducationRead", "POST", {"delivery_id": "{delivery}"}),
+    ("consult.ConsultationById", "GET", {"consultation_id": "{consultation}"}),
+    *[(f"consult.{view}", "POST", {"consultation_id": "{consultation}"}) for view in _CONSULT_MOVES],
+    ("consult.ConsultationOpinion", "GET", {"consultation_id": "{consultation}"}),
+    ("consult.ConsultationOpinion", "POST", {"consultation_id": "{consultation}"}),
+    ("consult.ConsultationOpinionVersions", "GET", {"consultation_id": "{consultation}"}),
+    ("consult.ConsultationOpinionVerify", "GET", {"consultation_id": "{consultation}"}),
+    ("consult.ConsultationAttachments", "GET", {"consultation_id": "{consultation}"}),
+    ("consult.ConsultationAttachments", "POST", {"consultation_id": "{consultation}"}),
+    ("consult.ConsultationAttachment", "GET", {"consultation_id": "{consultation}", "attachment_id": "{attachment}"}),
+    ("consult.ReadingClaim", "POST", {"consultation_id": "{consultation}"}),
+    ("consult.ReadingRelease", "POST", {"consultation_id": "{consultation}"}),
+    ("consult.TeachingSessionById", "GET", {"session_id": "{teaching}"}),
+    ("consult.TeachingSessionById", "PATCH", {"session_id": "{teaching}"}),
+    *[(f"consult.{view}", method, {"session_id": "{teaching}"}) for view, method in (
+        ("TeachingRegister", "POST"), ("TeachingRegister", "DELETE"), ("TeachingJoin", "POST"),
+        ("TeachingLeave", "POST"), ("TeachingAttendance", "POST"))],
 ]
 
 
@@ -200,6 +236,7 @@ def yaodu_data(app):
         assert referral.status_code == 201, referral.get_json()
         contract, follow_up, alert = _family_doctor_data(setup, login(setup, "yaodu.admin"), family_doctor,
                                                          referred["id"])
+        consultation, attachment, teaching = _consult_data(setup, doctor, family_doctor, referred["id"])
         run_jobs(app)
         with Session(app.extensions["hie.engines"].platform) as session:
             person = session.scalar(select(PersonRecord.person_id).where(PersonRecord.patient_id == local["id"]))
@@ -218,7 +255,8 @@ def yaodu_data(app):
                "condition": condition["id"], "person": person, "user": str(user), "referred": referred["id"],
                "referral": referral.get_json()["id"], "notification": notification, "team": "YAODU-T1-A",
                "contract": contract, "follow_up": follow_up, "alert": alert, "article": article_id,
-               "delivery": delivery_id}
+               "delivery": delivery_id, "consultation": consultation, "attachment": attachment,
+               "teaching": teaching}
         quwo = login(setup, "quwo.doctor")
         resources = {"fhir_patient": fhir_patient, "observation": observation}
     return ids, quwo, resources, doctor
@@ -240,6 +278,24 @@ def _family_doctor_data(setup, admin: dict, family_doctor: dict, patient_id: str
     return contract["id"], pending["id"], str(done.get_json()["alerts"][0]["id"])
 
 
+def _consult_data(setup, doctor: dict, family_doctor: dict, patient_id: str) -> tuple[str, str, str]:  # noqa: ANN001
+    """A consultation from YAODU-T1 to LF-PH with a file, and a lecture at YAODU-CH that YAODU-T1 registers for."""
+    asked = setup.post("/api/v1/consultations", headers=family_doctor, json={
+        "kind": "consultation", "patient_id": patient_id, "consultant_institution": "LF-PH", "department": "心内科",
+        "question": "会诊"})
+    assert asked.status_code == 201, asked.get_json()
+    consultation = asked.get_json()["id"]
+    sent = setup.post(f"/api/v1/consultations/{consultation}/attachments", headers=family_doctor, json=_PDF)
+    assert sent.status_code == 201, sent.get_json()
+    lecture = setup.post("/api/v1/teaching/sessions", headers=doctor, json={
+        "topic": "走查", "starts_at": "2030-01-15T09:00:00+08:00", "ends_at": "2030-01-15T10:00:00+08:00",
+        "credits": 1, "invited_institutions": ["YAODU-T1"]})
+    assert lecture.status_code == 201, lecture.get_json()
+    registered = setup.post(f"/api/v1/teaching/sessions/{lecture.get_json()['id']}/register", headers=family_doctor)
+    assert registered.status_code == 201, registered.get_json()
+    return consultation, sent.get_json()["id"], lecture.get_json()["id"]
+
+
 def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> dict | None:
     if endpoint == "patients.PatientById":
         return {"phone": "13800000000"}
@@ -255,6 +311,8 @@ def _body(endpoint: str, values: dict[str, str], resources: dict[str, dict]) -> 
         return {"active": False}
     if endpoint == "tenants.RegionByCode":
         return {"name": "改过的名字"}
+    if endpoint.startswith("consult.") and endpoint[8:] in _CONSULT_BODIES:
+        return _CONSULT_BODIES[endpoint[8:]]
     if endpoint.startswith("family_doctor.") and endpoint[14:] in _FAMILY_DOCTOR_BODIES:
         return _FAMILY_DOCTOR_BODIES[endpoint[14:]]
     if endpoint.startswith("referrals.") and endpoint[10:] in _REFERRAL_MOVES:
@@ -286,6 +344,10 @@ def test_other_tenants_ids_are_refused_on_every_route(app, yaodu_data, platform_
                 return platform_db.get(User, int(ids["user"])).active
             if endpoint == "tenants.RegionByCode":
                 return platform_db.get(Region, filled["code"]).name
+            if endpoint.startswith("consult."):
+                return [sorted(tuple(row) for row in platform_db.execute(select(*model.__table__.columns)))
+                        for model in (Consultation, ConsultationStep, Opinion, Attachment, TeachingSession,
+                                      TeachingInvite, TeachingRegistration)]
             if endpoint.startswith("family_doctor."):
                 return [sorted(tuple(row) for row in platform_db.execute(select(*model.__table__.columns)))
                         for model in (Contract, FollowUp, Alert, Article, Delivery)]
