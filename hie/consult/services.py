@@ -134,18 +134,9 @@ def consultant_user(session: Session, institution: Institution, username: str, f
 
 def _check_records(identity: Identity, records: list[str], person_id: str) -> None:
     """Each record sent along must be one of this person's records the caller may see (refusals audited)."""
-    for index, reference in enumerate(records):
-        resource_type, _, resource_id = reference.partition("/")
-        found = store.locate_row(resource_type, resource_id)
-        basis = store.basis_for(identity, found[0], found[1]) if found else None
-        about = store.person_of(found[0], found[1].patient_id) if found else None
-        if basis is not None and about == person_id:
-            continue
-        outcome = "not_found" if found is None else "denied" if basis is None else "failure"
-        patient = audit.patient_ref(found[0], found[1].patient_id) if found and found[1].patient_id else None
-        audit.record("create", outcome, resource_type=resource_type[:40], resource_id=resource_id[:80],
-                     patient=patient, detail=f"consultation records[{index}]")
-        invalid(f"records[{index}]", "is not a record of this patient that you may see")
+    bad = store.first_refused_record(identity, records, person_id, "consultation records")
+    if bad is not None:
+        invalid(f"records[{bad}]", "is not a record of this patient that you may see")
 
 
 def create(identity: Identity, body: dict[str, Any], now: datetime | None = None) -> Consultation:

@@ -70,11 +70,15 @@ def _private_key(key: SigningKey) -> Ed25519PrivateKey:
 
 
 def key_for(session: Session, user_id: int, now: datetime) -> SigningKey:
-    """The user's active key; the first signature makes one (the user row is locked, so two first signatures at
-    once make one key)."""
+    """The user's active key; the first signature makes one (only then is the user row locked, so two first
+    signatures at once make one key while later ones wait on nothing)."""
+    active = select(SigningKey).where(SigningKey.user_id == user_id, SigningKey.retired_at.is_(None)) \
+        .order_by(SigningKey.id.desc()).limit(1)
+    key = session.scalar(active)
+    if key is not None:
+        return key
     session.scalar(select(User.id).where(User.id == user_id).with_for_update())
-    key = session.scalar(select(SigningKey).where(SigningKey.user_id == user_id, SigningKey.retired_at.is_(None))
-                         .order_by(SigningKey.id.desc()).limit(1))
+    key = session.scalar(active.execution_options(populate_existing=True))
     if key is not None:
         return key
     private = Ed25519PrivateKey.generate()

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from flask import g
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hie.empi.models import MasterPerson
@@ -38,8 +39,12 @@ def locate(tenant_code: str, person_id: str) -> None:
     location = platform.get(RecordLocation, (person_id, tenant_code))
     if location is None:
         location = RecordLocation(master_person_id=person_id, tenant_code=tenant_code, last_updated=_request_time())
-        platform.add(location)
-        platform.flush()
+        try:
+            with platform.begin_nested():  # a concurrent first write for the pair may insert it first
+                platform.add(location)
+        except IntegrityError:
+            location = platform.get_one(RecordLocation, (person_id, tenant_code), populate_existing=True)
+            location.last_updated = _request_time()
     else:
         location.last_updated = _request_time()
     # Held for the request, so the identity map keeps it and the next write for the pair needs no SELECT.

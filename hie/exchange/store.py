@@ -389,6 +389,24 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "",
     return resource
 
 
+def first_refused_record(identity: Identity, references: list[str], person_id: str, detail: str) -> int | None:
+    """Records a workflow sends along (a referral's, a consultation's) must each be one of this person's records the
+    caller may see: the index of the first that is not, its refusal audited naming it and its patient, or None."""
+    for index, reference in enumerate(references):
+        resource_type, _, resource_id = reference.partition("/")
+        found = locate_row(resource_type, resource_id)
+        basis = basis_for(identity, found[0], found[1]) if found else None
+        about = person_of(found[0], found[1].patient_id) if found else None
+        if basis is not None and about == person_id:
+            continue
+        outcome = "not_found" if found is None else "denied" if basis is None else "failure"
+        patient = audit.patient_ref(found[0], found[1].patient_id) if found and found[1].patient_id else None
+        audit.record("create", outcome, resource_type=resource_type[:40], resource_id=resource_id[:80],
+                     patient=patient, detail=f"{detail}[{index}]")
+        return index
+    return None
+
+
 def locate_row(resource_type: str, resource_id: str) -> tuple[str, FhirResource] | None:
     """The shard and row of a resource by id, without any access check (callers check)."""
     if resource_type not in WRITABLE or len(resource_id) > 64:

@@ -121,18 +121,10 @@ def _check_direction(session: Session, direction: Direction, sender: Institution
 
 def _check_records(identity: Identity, records: list[str], person_id: str, prefix: str) -> None:
     """Each record sent along must be one of this person's records the sender may see."""
-    for index, reference in enumerate(records):
-        resource_type, _, resource_id = reference.partition("/")
-        found = store.locate_row(resource_type, resource_id)
-        basis = store.basis_for(identity, found[0], found[1]) if found else None
-        about = store.person_of(found[0], found[1].patient_id) if found else None
-        if basis is not None and about == person_id:
-            continue
-        outcome = "not_found" if found is None else "denied" if basis is None else "failure"
-        patient = audit.patient_ref(found[0], found[1].patient_id) if found and found[1].patient_id else None
-        audit.record("create", outcome, resource_type=resource_type[:40], resource_id=resource_id[:80],
-                     patient=patient, detail=f"referral {_field(prefix, 'records')}[{index}]")
-        _invalid(f"{_field(prefix, 'records')}[{index}]", "is not a record of this patient that you may see")
+    field = _field(prefix, "records")
+    bad = store.first_refused_record(identity, records, person_id, f"referral {field}")
+    if bad is not None:
+        _invalid(f"{field}[{bad}]", "is not a record of this patient that you may see")
 
 
 def _step(identity: Identity, referral: Referral, target: ReferralStatus, now: datetime, note: str | None) -> None:
