@@ -28,17 +28,17 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from hie.consult.models import Consultation, ConsultStatus, Kind
 from hie.platform.db import utcnow
-from hie.platform.figures import MIN_CELL, Window, default_window
+from hie.platform.figures import MIN_CELL, Window, counted, default_window, month_of
 from hie.tenants.models import Institution, Region, Tenant
 
 GROUPS = ("kind", "urgency", "department", "requester", "consultant", "county", "month")
@@ -46,28 +46,6 @@ READS = (Kind.imaging_read, Kind.ecg_read)
 FIGURES = ("requests", "answered", "answered_share", "opinions", "median_minutes_to_opinion", "declined",
            "cancelled", "reads_due", "reads_within_deadline", "reads_within_deadline_share")
 COUNTS = ("requests", "answered", "opinions", "declined", "cancelled", "reads_due", "reads_within_deadline")
-
-
-def _month_starts(window: Window) -> list[tuple[str, datetime]]:
-    """Each local calendar month the window touches, with the UTC instant its next month begins."""
-    local = window.since.astimezone(window.zone)
-    year, month = local.year, local.month
-    out: list[tuple[str, datetime]] = []
-    while True:
-        following = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=window.zone)
-        out.append((f"{year:04d}-{month:02d}", following.astimezone(UTC)))
-        if following >= window.until:
-            return out
-        year, month = following.year, following.month
-
-
-def _month(window: Window) -> ColumnElement[str]:
-    """The local month a consultation was requested in, as a CASE over UTC bounds: the same SQL on both databases."""
-    months = _month_starts(window)
-    if len(months) == 1:
-        return literal(months[0][0])
-    return case(*((Consultation.created_at < end, label) for label, end in months[:-1]),
-                else_=literal(months[-1][0]))
 
 
 class _Columns:
@@ -84,7 +62,7 @@ class _Columns:
             "requester": (self.requester.code, self.requester.name),
             "consultant": (self.consultant.code, self.consultant.name),
             "county": (self.requester_tenant.region_code, self.county.name),
-            "month": (_month(window),),
+            "month": (month_of(Consultation.created_at, window),),
         }
 
     def scoped(self, query: Any, region_codes: set[str], window: Window) -> Any:
@@ -100,10 +78,6 @@ class _Columns:
                            self.consultant_tenant.region_code.in_(region_codes))))
 
 
-def _counted(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return func.sum(case((condition, 1), else_=0))
-
-
 def _read_columns(now: datetime) -> tuple[ColumnElement[int], ColumnElement[int]]:
     """Reads whose deadline has come (an opinion, or still waiting past due_at) and those read by due_at."""
     read = and_(Consultation.kind.in_(READS), Consultation.due_at.is_not(None))
@@ -111,8 +85,8 @@ def _read_columns(now: datetime) -> tuple[ColumnElement[int], ColumnElement[int]
     left = Consultation.status.in_((ConsultStatus.declined, ConsultStatus.cancelled))
     missed = and_(Consultation.opinion_at.is_(None), Consultation.due_at < now,
                   or_(~left, Consultation.updated_at > Consultation.due_at))
-    return (_counted(and_(read, or_(given, missed))),
-            _counted(and_(read, given, Consultation.opinion_at <= Consultation.due_at)))
+    return (counted(and_(read, or_(given, missed))),
+            counted(and_(read, given, Consultation.opinion_at <= Consultation.due_at)))
 
 
 def _group_key(row: Sequence[Any], width: int) -> tuple[Any, ...]:
@@ -125,8 +99,8 @@ def _counts(session: Session, columns: _Columns, keys: list[ColumnElement[Any]],
     given = Consultation.opinion_at.is_not(None)
     declined = Consultation.status == ConsultStatus.declined
     due, in_time = _read_columns(now)
-    query = select(*keys, func.count(Consultation.id), _counted(or_(given, declined)), _counted(given),
-                   _counted(declined), _counted(Consultation.status == ConsultStatus.cancelled), due, in_time)
+    query = select(*keys, func.count(Consultation.id), counted(or_(given, declined)), counted(given),
+                   counted(declined), counted(Consultation.status == ConsultStatus.cancelled), due, in_time)
     query = columns.scoped(query, region_codes, window)
     if keys:
         query = query.group_by(*keys)

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError, fields, validate, validates_schema
+from sqlalchemy import ColumnElement, case, func, literal
 from webargs.fields import DelimitedList
 
 from hie.platform.db import utcnow
@@ -36,6 +37,33 @@ def default_window(zone: ZoneInfo, now: datetime | None = None) -> Window:
     months = local.year * 12 + local.month - 1 - 11
     since = datetime(months // 12, months % 12 + 1, 1, tzinfo=zone)
     return Window(since.astimezone(UTC), until.astimezone(UTC), zone)
+
+
+def month_starts(window: Window) -> list[tuple[str, datetime]]:
+    """Each local calendar month the window touches, with the UTC instant its next month begins."""
+    local = window.since.astimezone(window.zone)
+    year, month = local.year, local.month
+    out: list[tuple[str, datetime]] = []
+    while True:
+        following = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=window.zone)
+        out.append((f"{year:04d}-{month:02d}", following.astimezone(UTC)))
+        if following >= window.until:
+            return out
+        year, month = following.year, following.month
+
+
+def month_of(column: Any, window: Window) -> ColumnElement[str]:
+    """The local month (YYYY-MM) of a UTC timestamp column inside the window, as a CASE over UTC bounds: the same SQL
+    on SQLite and MariaDB, no time-zone tables needed."""
+    months = month_starts(window)
+    if len(months) == 1:
+        return literal(months[0][0])
+    return case(*((column < end, label) for label, end in months[:-1]), else_=literal(months[-1][0]))
+
+
+def counted(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """How many rows of a group meet the condition."""
+    return func.sum(case((condition, 1), else_=0))
 
 
 def asked_window(query: dict[str, Any], zone: ZoneInfo) -> Window:

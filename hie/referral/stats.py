@@ -5,16 +5,16 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from hie.platform.db import utcnow
-from hie.platform.figures import MIN_CELL, Window, default_window
+from hie.platform.figures import MIN_CELL, Window, counted, default_window, month_of
 from hie.referral.models import Direction, Referral, ReferralStatus, ReferralStep
 from hie.tenants.models import Institution, Region, Tenant
 
@@ -22,27 +22,6 @@ GROUPS = ("direction", "urgency", "status", "sender", "receiver", "county", "mon
 FIGURES = ("referrals", "up", "down", "answered", "accepted", "declined", "acceptance_rate",
            "median_minutes_to_answer", "median_minutes_to_arrival", "answered_within_deadline_share",
            "down_to_up_ratio")
-
-
-def _month_starts(window: Window) -> list[tuple[str, datetime]]:
-    """Each local calendar month the window touches, with the UTC instant its next month begins."""
-    local = window.since.astimezone(window.zone)
-    year, month = local.year, local.month
-    out: list[tuple[str, datetime]] = []
-    while True:
-        following = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=window.zone)
-        out.append((f"{year:04d}-{month:02d}", following.astimezone(UTC)))
-        if following >= window.until:
-            return out
-        year, month = following.year, following.month
-
-
-def _month(window: Window) -> ColumnElement[str]:
-    """The local month a referral was made in, as a CASE over UTC bounds: the same SQL on SQLite and MariaDB."""
-    months = _month_starts(window)
-    if len(months) == 1:
-        return literal(months[0][0])
-    return case(*((Referral.created_at < end, label) for label, end in months[:-1]), else_=literal(months[-1][0]))
 
 
 class _Columns:
@@ -59,7 +38,7 @@ class _Columns:
             "sender": (self.sender.code, self.sender.name),
             "receiver": (self.receiver.code, self.receiver.name),
             "county": (self.sender_tenant.region_code, self.county.name),
-            "month": (_month(window),),
+            "month": (month_of(Referral.created_at, window),),
         }
 
     def scoped(self, query: Any, region_codes: set[str], window: Window) -> Any:
@@ -75,18 +54,14 @@ class _Columns:
                            self.receiver_tenant.region_code.in_(region_codes))))
 
 
-def _counted(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return func.sum(case((condition, 1), else_=0))
-
-
 def _deadline_columns(now: datetime) -> tuple[ColumnElement[int], ColumnElement[int]]:
     """Referrals whose answer fell due (answered, or left unanswered past the deadline) and those answered in time."""
     answered = Referral.answered_at.is_not(None)
     missed_unanswered = and_(Referral.answered_at.is_(None), or_(
         and_(Referral.status == ReferralStatus.requested, Referral.due_at < now),
         and_(Referral.status == ReferralStatus.cancelled, Referral.due_at < Referral.updated_at)))
-    return (_counted(or_(answered, missed_unanswered)),
-            _counted(and_(answered, Referral.answered_at <= Referral.due_at)))
+    return (counted(or_(answered, missed_unanswered)),
+            counted(and_(answered, Referral.answered_at <= Referral.due_at)))
 
 
 def _group_key(row: Sequence[Any], width: int) -> tuple[Any, ...]:
@@ -99,9 +74,9 @@ def _counts(session: Session, columns: _Columns, keys: list[ColumnElement[Any]],
     answered = Referral.answered_at.is_not(None)
     due, in_time = _deadline_columns(now)
     query = select(*keys, func.count(Referral.id),
-                   _counted(Referral.direction == Direction.up), _counted(Referral.direction == Direction.down),
-                   _counted(answered), _counted(and_(answered, Referral.status != ReferralStatus.declined)),
-                   _counted(Referral.status == ReferralStatus.declined), due, in_time)
+                   counted(Referral.direction == Direction.up), counted(Referral.direction == Direction.down),
+                   counted(answered), counted(and_(answered, Referral.status != ReferralStatus.declined)),
+                   counted(Referral.status == ReferralStatus.declined), due, in_time)
     query = columns.scoped(query, region_codes, window)
     if keys:
         query = query.group_by(*keys)
