@@ -126,7 +126,9 @@ def bench_env(home: Path, mysql: str, redis_url: str) -> dict[str, str]:
 
 def build(env: dict[str, str], patients: int) -> tuple[Flask, list[str]]:
     """One county tenant with its institutions, the two clinicians, slots, and patients registered at the sender."""
-    app = create_app(load_config(env))
+    # The setup app chains its audit events at the end of each request: no sequencer thread outlives the bench's
+    # databases (the servers it starts keep the default interval).
+    app = create_app(load_config({**env, "HIE_AUDIT_CHAIN_INTERVAL": "0"}))
     app.extensions["hie.redis"].flushdb()
     engines = app.extensions["hie.engines"]
     with app.app_context():

@@ -33,7 +33,8 @@ from hie.empi.models import (
     RegionThresholds,
     ReviewItem,
 )
-from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
+from hie.exchange.models import BulkExport, FhirResource, FhirResourceVersion, FhirToken, RecordLocation
+from hie.exchange.search_index import FhirDate
 from hie.family_doctor.models import (
     Alert,
     Article,
@@ -47,9 +48,10 @@ from hie.family_doctor.models import (
     Vitals,
 )
 from hie.patients.models import Patient
+from hie.patients.name_index import PatientSearchToken
 from hie.patients.stats import InstitutionPatientCount
 from hie.platform.app import create_app
-from hie.platform.audit.models import AuditChainHead, AuditEvent
+from hie.platform.audit.models import AuditChainHead, AuditEvent, AuditPending, ShardAuditPending
 from hie.platform.audit.services import GENESIS_HASH
 from hie.platform.auth import accounts
 from hie.platform.auth.models import AuthSession, LoginAlert, LoginThrottle, Role, User, UserRole
@@ -106,7 +108,10 @@ def _drop_mysql_databases() -> None:
 
 def hie_environ(home: Path) -> dict[str, str]:
     """The HIE_* variables of the test region, also handed to CLI subprocesses."""
-    env = {"HIE_HOME": str(home), "HIE_SECRET_KEY": "t" * 40}
+    # The suite logs in hundreds of times a minute: the host's login rate is tested on its own (test_login_bound);
+    # requests chain their own audit events, so a test reads them chained (the sequencer thread: test_audit_sequencer).
+    env = {"HIE_HOME": str(home), "HIE_SECRET_KEY": "t" * 40, "HIE_LOGIN_RATE": "100000",
+           "HIE_AUDIT_CHAIN_INTERVAL": "0"}
     if MYSQL_URL:
         env["HIE_PLATFORM_DB_URL"] = f"{MYSQL_URL}/{MYSQL_PREFIX}platform"
         env["HIE_TENANT_DB_URL_TEMPLATE"] = f"{MYSQL_URL}/{MYSQL_PREFIX}{{tenant}}"
@@ -176,9 +181,10 @@ def wipe(app: Flask) -> None:
         for model in (WebhookDelivery, NotificationRead, Notification, InstitutionWebhook, ReferralStep, Referral,
                       ReferralDeadline, ReferralSlot):
             session.execute(delete(model))
-        for model in (AuditEvent, HandledEvent, PlatformOutboxEvent, AuthSession, CareRelationship,
+        for model in (AuditEvent, AuditPending, HandledEvent, PlatformOutboxEvent, AuthSession, CareRelationship,
                       InstitutionPatientCount, BlockingKey, ReviewItem, NotAMatch, PersonEvent, PersonRecord,
-                      MasterPerson, MatchModel, RegionThresholds, RecordLocation, LoginThrottle, LoginAlert):
+                      MasterPerson, MatchModel, RegionThresholds, RecordLocation, LoginThrottle, LoginAlert,
+                      BulkExport):
             session.execute(delete(model))
         session.execute(delete(User).where(User.username.not_in(list(USERS))))
         session.execute(update(User).values(active=True))
@@ -193,9 +199,10 @@ def wipe(app: Flask) -> None:
         session.execute(delete(Region).where(Region.code.not_in(SEEDED_REGIONS)))
     for code in TENANTS:
         with session_scope(shard_engine(app, code)) as shard:
-            for model in (FhirToken, FhirResourceVersion, FhirResource, Patient):
+            for model in (FhirToken, FhirDate, PatientSearchToken, FhirResourceVersion, FhirResource, Patient):
                 shard.execute(delete(model))
             shard.execute(delete(TenantOutboxEvent))
+            shard.execute(delete(ShardAuditPending))
     client = app.extensions["hie.redis"]
     if client is not None:
         client.flushdb()

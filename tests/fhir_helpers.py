@@ -9,6 +9,8 @@ from tests.conftest import valid_id
 LOINC = "http://loinc.org"
 ID_WANG = valid_id("14100219580312002")
 
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
 
 def patient(name: str = "王秀英", id_number: str | None = ID_WANG, phone: str = "13935712345") -> dict[str, Any]:
     """A Patient as a clinic's system would send it."""
@@ -27,7 +29,7 @@ def clinical(resource_type: str, patient_ref: str, code: str = "8480-6", when: s
         "Encounter": {"status": "finished", "class": {"code": "AMB"}, "subject": subject,
                       "period": {"start": when}},
         "Condition": {"subject": subject, "code": concept, "recordedDate": when,
-                      "clinicalStatus": {"coding": [{"code": "active"}]}},
+                      "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]}},
         "Observation": {"status": "final", "code": concept, "subject": subject, "effectiveDateTime": when,
                         "category": [{"coding": [{"code": "vital-signs"}]}],
                         "valueQuantity": {"value": 150, "unit": "mmHg"}},

@@ -145,14 +145,14 @@ def test_fhir_patient_match_returns_a_scored_bundle(client, as_user):
     bundle = response.get_json()
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
     first = bundle["entry"][0]
-    assert first["resource"]["id"] == patient["master_person_id"]
+    assert first["resource"]["id"] == patient["id"]
     assert first["search"]["extension"][0]["valueCode"] == "certain"
     certain = client.post("/fhir/Patient/$match", json=_match_body(onlyCertainMatches={"valueBoolean": True}),
                           headers=as_user("yaodu.doctor")).get_json()
     assert [e["search"]["extension"][0]["valueCode"] for e in certain["entry"]] == ["certain"]
     one = client.post("/fhir/Patient/$match", json=_match_body(count={"valueInteger": 1}),
                       headers=as_user("yaodu.doctor")).get_json()
-    assert one["total"] == 1 and [e["resource"]["id"] for e in one["entry"]] == [patient["master_person_id"]]
+    assert one["total"] == 1 and [e["resource"]["id"] for e in one["entry"]] == [patient["id"]]
 
 
 def test_fhir_match_errors_are_operation_outcomes(client, as_user):

@@ -11,7 +11,7 @@ from hie.platform.audit.models import AuditEvent
 from tests.conftest import shard_engine
 from tests.fhir_helpers import clinical, create, patient
 
-SAMPLE = {"reference": "Patient/nobody", "token": "urn:x|y", "date": "ge2020-01-01"}
+SAMPLE = {"reference": "Patient/nobody", "token": "urn:x|y", "date": "ge2020-01-01", "string": "x"}
 CANDIDATES = ("patient", "subject", "identifier", "code", "type", "vaccine-code", "category", "status",
               "clinical-status", "modality", "date", "birthdate", "_lastUpdated", "name", "family", "gender",
               "encounter", "performer", "_id", "_text", "address", "phone", "telecom", "value-quantity")
@@ -48,13 +48,14 @@ def test_capability_declares_the_operations_and_interactions_that_answer(client,
             "prior-results": ("GET", f"/fhir/Patient/{subject['id']}/$prior-results?code=8480-6"),
             "match": ("POST", "/fhir/Patient/$match")}
     operations = {operation["name"] for operation in declared["Patient"]["operation"]}
-    assert operations == set(urls)
+    assert operations == set(urls) | {"export"}  # Patient/$export answers 202: tests/test_fhir_bulk_export.py
     for method, url in urls.values():
         body = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient()}]}
         response = client.open(url, method=method, headers=doctor, json=body if method == "POST" else None)
         assert response.status_code == 200, (url, response.get_json())
     assert {i["code"] for i in declared["Observation"]["interaction"]} == {"read", "vread", "update", "create",
-                                                                          "search-type"}
+                                                                          "search-type", "delete", "history-instance",
+                                                                          "history-type"}
     assert declared["AuditEvent"]["interaction"] == [{"code": "read"}]
     assert declared["Observation"]["searchInclude"] == ["Observation:subject", "Observation:encounter"]
 
@@ -86,7 +87,7 @@ def test_transaction_honours_if_match_and_fails_whole(client, app, as_user):
 
 
 @pytest.mark.parametrize(("change", "element"), [
-    ({"ifNoneExist": "identifier=urn:x|1"}, "ifNoneExist"), ({"ifNoneMatch": "*"}, "ifNoneMatch"),
+    ({"ifNoneExist": "colour=blue"}, "ifNoneExist"), ({"ifNoneMatch": "*"}, "ifNoneMatch"),
     ({"url": "Observation?identifier=urn:x|1"}, "url"), ({"ifMatch": "yesterday"}, "ifMatch"),
 ])
 def test_conditional_bundle_requests_are_refused_clearly(client, app, as_user, change, element):
@@ -116,7 +117,7 @@ def test_batch_reports_each_failure_at_its_own_index_with_its_path(client, app, 
     no_request = {"resource": clinical("Observation", f"Patient/{subject['id']}")}
     body = {"resourceType": "Bundle", "type": "batch", "entry": [
         good, {"resource": bad, "request": {"method": "POST", "url": "Observation"}}, no_request,
-        {**good, "request": {"method": "POST", "url": "Observation", "ifNoneExist": "code=1"}}]}
+        {**good, "request": {"method": "POST", "url": "Observation", "ifNoneExist": "colour=1"}}]}
     entries = client.post("/fhir", json=body, headers=doctor).get_json()["entry"]
     assert [e["response"]["status"] for e in entries] == ["201 Created", "400", "400", "400"]
     expressions = [e["response"]["outcome"]["issue"][0]["expression"] for e in entries[1:]]
@@ -139,7 +140,7 @@ def test_nested_error_paths_are_fhirpath(client, app, as_user):
 
 @pytest.mark.parametrize(("method", "url", "status"), [
     ("GET", "/fhir/Patient/x/$unknown", 404), ("GET", "/fhir/Observation/x/_history", 404),
-    ("DELETE", "/fhir/Observation/x", 405), ("PATCH", "/fhir/Observation/x", 405), ("GET", "/fhir", 405),
+    ("DELETE", "/fhir/Observation/x/_history", 405), ("PATCH", "/fhir/Observation/x", 405), ("GET", "/fhir", 405),
     ("DELETE", "/fhir/metadata", 405), ("GET", "/fhir/a/b/c/d/e", 404),
 ])
 def test_unmatched_fhir_urls_answer_operation_outcome(client, as_user, method, url, status):

@@ -260,7 +260,7 @@ def test_every_fhir_route_is_documented_with_operation_outcome_errors(app: Flask
                    if code == "default" or int(code) >= 400), (method, path)
     search = spec["paths"]["/fhir/{resource_type}"]["get"]
     assert next(p for p in search["parameters"] if p["in"] == "path")["schema"]["enum"] == list(WRITABLE)
-    assert {"patient", "code", "date", "birthdate", "_count", "_offset"} <= {p["name"] for p in search["parameters"]}
+    assert {"patient", "code", "date", "birthdate", "_count", "_cursor"} <= {p["name"] for p in search["parameters"]}
     refused = client.get("/fhir/Observation?_count=many", headers=as_user(CLINICIAN))
     assert refused.status_code == 400 and refused.mimetype == FHIR_JSON
     assert refused.get_json()["resourceType"] == "OperationOutcome"

@@ -58,7 +58,7 @@ def test_a_read_whose_audit_event_cannot_be_written_answers_503_without_the_reco
                                                                                  refuse_inserts):
     headers = as_user("yaodu.doctor")
     patient = new_patient(client, headers)
-    refuse_inserts(app.extensions["hie.engines"].platform, "audit_events")
+    refuse_inserts(app.extensions["hie.engines"].platform, "audit_pending")
     response = client.get(f"/api/v1/patients/{patient['id']}", headers=headers)
     assert response.status_code == 503
     assert response.content_type == "application/problem+json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hie.platform.db import PlatformBase, TenantBase, UTCDateTime, utcnow
@@ -72,3 +72,25 @@ class RecordLocation(PlatformBase):
     master_person_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_code: Mapped[str] = mapped_column(String(32), primary_key=True)
     last_updated: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BulkExport(PlatformBase):
+    """One FHIR Bulk Data export ($export): who asked, what for, how far it got, and the files it wrote."""
+
+    __tablename__ = "fhir_bulk_exports"
+    __table_args__ = (Index("ix_fhir_bulk_exports_user_status", "user_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(16))
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    types: Mapped[list[str] | None] = mapped_column(JSON)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    request_url: Mapped[str] = mapped_column(Text)
+    deidentified: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[list[dict] | None] = mapped_column(JSON)
+    transaction_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -9,7 +9,7 @@ from flask import current_app
 from sqlalchemy import or_, select
 from werkzeug.datastructures import MultiDict
 
-from hie.exchange import store
+from hie.exchange import patient_scope, store
 from hie.exchange.models import FhirResource, FhirToken
 from hie.exchange.outcome import FhirError
 from hie.platform.audit import services as audit
@@ -45,7 +45,7 @@ def prior_results(identity: Identity, patient_id: str, args: MultiDict) -> dict[
     since = utcnow() - timedelta(days=days)
     results: list[dict[str, Any]] = []
     names = dict(platform_session().execute(select(Institution.id, Institution.name)).all())
-    scope = store.locate_patient(identity, patient_id, resource_type="PriorResults")
+    scope = patient_scope.locate_patient(identity, patient_id, resource_type="PriorResults")
     for tenant_code, patient_ids in scope.shards:
         query = (select(FhirResource).join(FhirToken, (FhirToken.resource_type == FhirResource.resource_type)
                                            & (FhirToken.resource_id == FhirResource.id))

@@ -12,13 +12,16 @@ from fhir.resources.R4B import get_fhir_model_class
 from flask import current_app, has_app_context
 from pydantic import ValidationError
 
+from hie.exchange import bindings
 from hie.exchange.outcome import FhirError
 from hie.platform.limits import DEMOGRAPHIC_MAX_LENGTHS
+from hie.platform.standards import StandardError, normalise_phone
 
 FHIR_VERSION = "4.3.0"
 DEFAULT_ZONE = "Asia/Shanghai"
 RESIDENT_ID_SYSTEM = "urn:hie:id:CN-RIC"
 MRN_SYSTEM_PREFIX = "urn:hie:mrn:"
+PHONE_SYSTEMS = ("phone", "sms")
 WRITABLE = (
     "Patient", "Encounter", "Condition", "Observation", "DiagnosticReport", "MedicationRequest", "Procedure",
     "AllergyIntolerance", "Immunization", "DocumentReference", "ImagingStudy",
@@ -69,7 +72,8 @@ class IndexEntry:
 
 
 def validate(body: Any, expected_type: str | None = None, path: str = "") -> dict[str, Any]:
-    """Parse with fhir.resources; an error names the offending element's FHIRPath."""
+    """Check with fhir.resources (which builds its own copy) and the required bindings; the sender's resource comes
+    back unchanged, numbers and extensions as written, and is what gets stored. An error names the element."""
     if not isinstance(body, dict):
         raise FhirError(400, "structure", "A FHIR resource must be a JSON object.", [path or "Resource"])
     resource_type = body.get("resourceType")
@@ -79,18 +83,36 @@ def validate(body: Any, expected_type: str | None = None, path: str = "") -> dic
                         f"Resource type {resource_type!r} is not supported here.", [where])
     if expected_type and resource_type != expected_type:
         raise FhirError(400, "invalid", f"Expected a {expected_type}, got {resource_type}.", [where])
+    _check_json(body, where)
     try:
-        model = get_fhir_model_class(resource_type).model_validate(body)
+        get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         element = fhirpath(where, first["loc"])
         raise FhirError(400, "invalid", f"{element}: {first['msg']}", [element]) from None
-    resource = model.model_dump(mode="json", exclude_none=True)
-    _check_strings(resource, where)
-    _check_dates(resource, where)
+    _check_strings(body, where)
+    _check_dates(body, where)
+    bindings.check(body, where)
     if resource_type == "Patient":
-        _check_patient(resource, where)
-    return resource
+        _check_patient(body, where)
+    return body
+
+
+def _check_json(resource: dict[str, Any], where: str) -> None:
+    """What the model would accept but FHIR JSON does not have: null properties (absent elements are left out) and
+    the library's own fhir_comments; the resource is stored as sent, so neither may reach a reader."""
+    stack: list[tuple[Any, str]] = [(resource, where)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "fhir_comments" or item is None:
+                    what = "is not an element of FHIR R4" if key == "fhir_comments" else \
+                        "is null; FHIR JSON leaves an absent element out"
+                    raise FhirError(400, "structure", f"{path}.{key} {what}.", [f"{path}.{key}"])
+                stack.append((item, f"{path}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
 
 
 def _strings(resource: dict[str, Any], where: str) -> Iterator[tuple[str, tuple[str, ...], str]]:
@@ -147,9 +169,26 @@ def _check_patient(resource: dict[str, Any], where: str) -> None:
             path = f"{where}.name[{index}]"
             raise FhirError(422, "too-long", f"{path}: family and given names together exceed {limit} characters.",
                             [path])
+    for index, telecom in enumerate(resource.get("telecom", [])):
+        if telecom.get("value") and not telecom.get("system"):
+            path = f"{where}.telecom[{index}].system"
+            raise FhirError(422, "required", f"{path}: a contact point with a value names its system (FHIR cpt-2).",
+                            [path])
     birth = resource.get("birthDate")
     if birth and parse_date(birth) > datetime.now(local_zone()):
         raise FhirError(422, "value", f"{where}.birthDate is in the future.", [f"{where}.birthDate"])
+
+
+def matching_phone(resource: dict[str, Any]) -> str | None:
+    """The first phone (or SMS) number of a Patient that is a Chinese mobile or landline, normalised for the EMPI;
+    numbers of other countries and retired ones (use old) stay in the resource as sent and are not matched on."""
+    for telecom in resource.get("telecom", []):
+        if telecom.get("system") in PHONE_SYSTEMS and telecom.get("use") != "old" and telecom.get("value"):
+            try:
+                return normalise_phone(telecom["value"])
+            except StandardError:
+                continue
+    return None
 
 
 def fhirpath(root: str, location: tuple[int | str, ...]) -> str:

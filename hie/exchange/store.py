@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from flask import g
-from pydantic_core import from_json
-from sqlalchemy import ColumnElement, delete, exists, false, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, delete, false, or_, select
+from sqlalchemy.orm import Session
 
 from hie.empi import services as empi
-from hie.empi.models import MasterPerson, PersonRecord
-from hie.exchange import registry
-from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken, RecordLocation
+from hie.empi.models import PersonRecord
+from hie.exchange import registry, search_index
+from hie.exchange.literal_json import dumps, loads
+from hie.exchange.models import FhirResource, FhirResourceVersion, FhirToken
 from hie.exchange.outcome import FhirError
 from hie.exchange.reference_check import check_references
-from hie.exchange.resources import MRN_SYSTEM_PREFIX, PATIENT_FIELD, RESIDENT_ID_SYSTEM, WRITABLE, index_entry, validate
+from hie.exchange.resources import (
+    MRN_SYSTEM_PREFIX,
+    PATIENT_FIELD,
+    RESIDENT_ID_SYSTEM,
+    WRITABLE,
+    index_entry,
+    matching_phone,
+    validate,
+)
+from hie.patients import name_index
 from hie.patients import services as patients
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import unseal
@@ -66,7 +74,7 @@ for _model in (FhirResource, FhirResourceVersion):
 
 
 def _content(tenant_code: str, resource: dict[str, Any], version: int) -> tuple[str, bool]:
-    text = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+    text = dumps(resource)  # every number as the sender wrote it
     if resource["resourceType"] != "Patient":
         return text, False
     return keyring().encrypt(text, _aad(tenant_code, "Patient", resource["id"], version)), True
@@ -80,8 +88,8 @@ def resource_json(row: FhirResource | FhirResourceVersion, tenant_code: str) -> 
 
 
 def to_resource(row: FhirResource | FhirResourceVersion, tenant_code: str) -> dict[str, Any]:
-    """The stored resource, unsealed when it is a Patient."""
-    return from_json(resource_json(row, tenant_code))
+    """The stored resource, unsealed when it is a Patient, its numbers keeping their literals."""
+    return loads(resource_json(row, tenant_code))
 
 
 def person_of(tenant_code: str, patient_id: str | None) -> str | None:
@@ -135,86 +143,6 @@ def visible_condition(identity: Identity, tenant_code: str, institution: Any = F
     return or_(*conditions) if conditions else false()
 
 
-@dataclass(frozen=True)
-class PatientScope:
-    """A visible Patient: its shard, master person, the person's shards and local ids, basis and cache stamp."""
-
-    # The stamp moves with every committed write for the person (registry rows' last_updated) and every merge or
-    # unmerge (persons merged into it, the survivor's updated_at): a summary cached under another stamp is stale.
-
-    tenant_code: str
-    person_id: str | None
-    shards: list[tuple[str, list[str]]]
-    basis: access.Basis
-    stamp: str = ""
-
-
-_ABSORBED = aliased(MasterPerson)
-
-
-def _patient_person(platform: Session, patient_id: str) -> tuple[str | None, int | None, MasterPerson | None, bool]:
-    """Shard, holding institution and surviving master person of a Patient id, and whether anyone was merged into
-    that person (every stored Patient is in the register and every register record in the EMPI, so one platform
-    query answers all of it unless the record's person was itself merged away)."""
-    absorbed = exists().where(_ABSORBED.merged_into == MasterPerson.id)
-    found = platform.execute(select(PersonRecord.tenant_code, PersonRecord.institution_id, MasterPerson,
-                                    absorbed.label("absorbed"))
-                             .join(MasterPerson, MasterPerson.id == PersonRecord.person_id)
-                             .where(PersonRecord.patient_id == patient_id).limit(1)).first()
-    if found is None:
-        return None, None, None, False
-    tenant_code, institution_id, person, has_absorbed = found
-    if person.merged_into is not None:
-        return tenant_code, institution_id, platform.get(MasterPerson, empi.survivor(platform, person.id)), True
-    return tenant_code, institution_id, person, bool(has_absorbed)
-
-
-def _person_shards(platform: Session, person: MasterPerson,
-                   absorbed: bool) -> tuple[list[tuple[str, list[str]]], str]:
-    """The shards the registry names for the person or anyone merged into it, its local ids there, and the stamp."""
-    cluster = registry.merged_cluster(platform, person.id) if absorbed else [person.id]
-    shards: dict[str, list[str]] = {}
-    stamp = {f"{person.id}@{person.updated_at.isoformat()}", *cluster}
-    for shard, local_id, located, updated in platform.execute(
-            select(PersonRecord.tenant_code, PersonRecord.patient_id, RecordLocation.master_person_id,
-                   RecordLocation.last_updated)
-            .join(RecordLocation, RecordLocation.tenant_code == PersonRecord.tenant_code)
-            .where(PersonRecord.person_id == person.id, PersonRecord.patient_id.is_not(None),
-                   RecordLocation.master_person_id.in_(cluster))
-            .order_by(PersonRecord.tenant_code, PersonRecord.patient_id)):
-        if local_id not in shards.setdefault(shard, []):
-            shards[shard].append(local_id)
-        stamp.add(f"{located}/{shard}@{updated.isoformat()}")
-    return list(shards.items()), "|".join(sorted(stamp))
-
-
-def locate_patient(identity: Identity, patient_id: str, reason: str | None = None, action: str = "read",
-                   resource_type: str = "Patient") -> PatientScope:
-    """The Patient's shard, master person and the person's shards, following merges (404 if not visible, audited
-    as action on resource_type naming the patient)."""
-    platform = platform_session()
-    tenant_code, institution_id, person, absorbed = _patient_person(platform, patient_id)
-    person_id = person.id if person is not None else None
-    basis = access.patient_basis(
-        platform, identity, access.PatientRecordRef(tenant_code, patient_id, institution_id, person_id),
-        False, reason) if institution_id is not None and tenant_code is not None else None
-    if basis is None or tenant_code is None:
-        audit.record(action, "not_found" if institution_id is None else "denied", resource_type=resource_type,
-                     resource_id=patient_id[:80], patient=asked_patient(identity, tenant_code, patient_id),
-                     break_glass=bool(reason), detail=reason if reason else None)
-        raise FhirError(404, "not-found", f"Patient/{patient_id} is not known or not visible to you.")
-    if person is None:
-        return PatientScope(tenant_code, None, [], basis)
-    shards, stamp = _person_shards(platform, person, absorbed)
-    return PatientScope(tenant_code, person_id, shards, basis, stamp)
-
-
-def shards_for_patient(identity: Identity, patient_id: str, action: str = "read",
-                       resource_type: str = "Patient") -> list[tuple[str, list[str]]]:
-    """Every shard with records of this patient's master person, and the person's local ids there."""
-    return locate_patient(identity, patient_id, action=action, resource_type=resource_type).shards
-
-
 def generated_patient(tenant_code: str, patient: Patient) -> FhirResource:
     """A Patient registered through the local register, shown as FHIR (never stored twice)."""
     ring = keyring()
@@ -266,9 +194,13 @@ def _write_index(session: Session, tenant_code: str, resource: dict[str, Any], r
                                                 FhirToken.resource_id == row.id))
     sealed = row.resource_type == "Patient"
     session.add_all(FhirToken(
-        resource_type=row.resource_type, resource_id=row.id, param=p, system=(s or None) and s[:200],
-        code=patient_identifier_index(c) if sealed and p == "identifier" else c[:200],
-    ) for p, s, c in entry.tokens)
+        resource_type=row.resource_type, resource_id=row.id, param=p, system=s,
+        code=patient_identifier_index(c) if sealed and p == "identifier" else c,
+    ) for p, s, c in search_index.tokens(resource) if not (sealed and p.startswith("identifier:")))
+    search_index.write_dates(session, resource, row, new)
+    if sealed:
+        phones = [t["value"] for t in resource.get("telecom", []) if t.get("system") == "phone" and t.get("value")]
+        name_index.write(session, row.id, name_index.FHIR, resource.get("name", []), phones)
 
 
 def _check_subject(identity: Identity, resource: dict[str, Any], path: str, action: str) -> str | None:
@@ -342,7 +274,7 @@ def _patient_demographics(resource: dict[str, Any], identity: Identity) -> dict[
         "birth_date": date.fromisoformat(birth) if (birth := resource.get("birthDate")) and len(birth) == 10
         else None,
         "id_number": next((i["value"] for i in identifiers if i.get("system") == RESIDENT_ID_SYSTEM), None),
-        "phone": next((t["value"] for t in resource.get("telecom", []) if t.get("system") == "phone"), None),
+        "phone": matching_phone(resource),
         "address": (resource.get("address") or [{}])[0].get("text"),
     }
 
@@ -354,14 +286,20 @@ def _record_location(tenant_code: str, patient_id: str | None, person_id: str | 
         registry.locate(tenant_code, person_id)
 
 
-def _meta(resource: dict[str, Any], version: int) -> None:
+def _meta(resource: dict[str, Any], version: int) -> datetime:
+    """Version and time of a write; the time is returned for the row's last_updated, so _lastUpdated searches
+    the very instant meta.lastUpdated states (both at the millisecond meta is written with)."""
+    now = utcnow()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     resource["meta"] = {**resource.get("meta", {}), "versionId": str(version),
-                        "lastUpdated": utcnow().isoformat(timespec="milliseconds")}
+                        "lastUpdated": now.isoformat(timespec="milliseconds")}
+    return now
 
 
 def create(identity: Identity, resource: dict[str, Any], path: str = "",
-           bundled: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Store a validated resource in the caller's shard as version 1; bundled: the Bundle's resources by reference."""
+           bundled: dict[str, dict[str, Any]] | None = None, version: int = 1) -> dict[str, Any]:
+    """Store a validated resource in the caller's shard as version 1 (a deleted one's re-creation: its next version);
+    bundled: the Bundle's resources by reference."""
     tenant_code, session = identity.tenant_code, shard_session(identity.tenant_code)
     resource_id = resource.get("id") or new_resource_id(resource["resourceType"], tenant_code)
     resource["id"] = resource_id
@@ -374,13 +312,13 @@ def create(identity: Identity, resource: dict[str, Any], path: str = "",
             patients.register(identity, _patient_demographics(resource, identity), patient_id=resource_id)
         except ValueError as exc:
             raise FhirError(400, "invalid", str(exc), [f"{path or 'Patient'}.identifier"]) from None
-    _meta(resource, 1)
-    content, sealed = _content(tenant_code, resource, 1)
-    row = FhirResource(resource_type=resource["resourceType"], id=resource_id, version=1,
-                       institution_id=identity.institution_id, last_updated=utcnow(), sealed=sealed, content=content)
+    stamp = _meta(resource, version)
+    content, sealed = _content(tenant_code, resource, version)
+    row = FhirResource(resource_type=resource["resourceType"], id=resource_id, version=version,
+                       institution_id=identity.institution_id, last_updated=stamp, sealed=sealed, content=content)
     _write_index(session, tenant_code, resource, row, new=True)
     session.add(row)
-    session.add(FhirResourceVersion(resource_type=row.resource_type, id=row.id, version=1,
+    session.add(FhirResourceVersion(resource_type=row.resource_type, id=row.id, version=version,
                                     institution_id=row.institution_id, last_updated=row.last_updated,
                                     sealed=sealed, content=content))
     _record_location(tenant_code, row.patient_id, person_id)  # the rows are flushed together, at the next query
@@ -421,6 +359,10 @@ def locate_row(resource_type: str, resource_id: str) -> tuple[str, FhirResource]
 def _visible_row(identity: Identity, resource_type: str, resource_id: str, write: bool,
                  reason: str | None) -> tuple[str, FhirResource, access.Basis]:
     found = locate_row(resource_type, resource_id)
+    if found is None:
+        from hie.exchange.history import refuse_deleted  # history builds on this module
+
+        refuse_deleted(identity, resource_type, resource_id, write, reason)  # 410 to whoever may see it
     basis = basis_for(identity, found[0], found[1], write, reason) if found else None
     if write and found and found[0] != identity.tenant_code:
         basis = None
@@ -472,9 +414,9 @@ def update(identity: Identity, resource_type: str, resource_id: str, body: Any, 
             raise FhirError(400, "invalid", str(exc), [f"{path or 'Patient'}.identifier"]) from None
     session = shard_session(tenant_code)
     version = row.version + 1
-    _meta(resource, version)
+    stamp = _meta(resource, version)
     content, sealed = _content(tenant_code, resource, version)
-    row.version, row.content, row.sealed, row.last_updated = version, content, sealed, utcnow()
+    row.version, row.content, row.sealed, row.last_updated = version, content, sealed, stamp
     _write_index(session, tenant_code, resource, row)
     session.add(row)
     session.add(FhirResourceVersion(resource_type=resource_type, id=resource_id, version=version,

@@ -1,4 +1,5 @@
-"""Outbox handlers: the record registry and the $everything cache follow EMPI merges and unmerges."""
+"""Outbox handlers: the record registry and the $everything cache follow EMPI merges and unmerges; bulk exports
+start after their kick-off commits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hie.empi.models import PersonRecord
+from hie.exchange import bulk
+from hie.exchange.bulk_job import run_export
 from hie.exchange.models import RecordLocation
 from hie.exchange.registry import merged_cluster
 from hie.exchange.store import everything_cache_key
 from hie.platform.db import utcnow
-from hie.platform.jobs.services import handles
+from hie.platform.jobs.services import handles, queue
+from hie.platform.jobs.tasks import worker_app
+
+BULK_EXPORT_TIMEOUT = 6 * 3600  # seconds an export job may run in the worker
 
 
 def _forget(*person_ids: str | None) -> None:
@@ -52,3 +58,19 @@ def follow_unmerge(session: Session, payload: dict) -> None:
         _locate(session, restored, tenant_code)
     session.flush()
     _forget(restored, survivor)
+
+
+@handles(bulk.TOPIC)
+def start_bulk_export(session: Session, payload: dict) -> None:
+    """A kick-off committed: queue the export job with RQ, or without Redis run it now (inline, as every job)."""
+    rq_queue = queue()
+    if rq_queue is None:
+        run_export(current_app._get_current_object(), payload["export_id"])  # type: ignore[attr-defined]
+        return
+    rq_queue.enqueue("hie.exchange.tasks.bulk_export_job", payload["export_id"],
+                     job_id=f"bulk-export-{payload['export_id']}", job_timeout=BULK_EXPORT_TIMEOUT)
+
+
+def bulk_export_job(export_id: str) -> str:
+    """RQ entry point of an export; returns the status it ended in."""
+    return run_export(worker_app(), export_id)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from hie.empi import services as empi
 from hie.empi.models import PersonRecord
 from hie.exchange import registry
+from hie.patients import name_index
 from hie.patients.models import SEALED_FIELDS, Patient
 from hie.patients.sealing import seal, search_index, unseal
 from hie.platform import access, care
@@ -102,6 +103,7 @@ def register(identity: Identity, data: dict[str, Any], patient_id: str | None = 
     for field in SEALED_FIELDS:
         seal(keyring(), identity.tenant_code, patient, field, values.get(field))
     session.add(patient)
+    name_index.write_register(session, patient.id, values.get("name"))
     try:
         session.flush()
     except IntegrityError:
@@ -159,6 +161,8 @@ def update(identity: Identity, patient_id: str, changes: dict[str, Any], if_matc
             seal(keyring(), identity.tenant_code, patient, field, values[field])
     shard_session(identity.tenant_code).flush()
     current = {field: unseal(keyring(), identity.tenant_code, patient, field) for field in SEALED_FIELDS}
+    if "name" in values:
+        name_index.write_register(shard_session(identity.tenant_code), patient.id, current["name"])
     current["sex"] = patient.sex
     person_after = _register_with_empi(identity, patient, current)
     registry.touch(identity.tenant_code, person_before, person_after)  # cached $everything summaries are stale now

@@ -13,12 +13,12 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hie.platform import health
-from hie.platform.audit.services import flush_pending
+from hie.platform.audit.services import flush_pending, stage_pending
 from hie.platform.cache import Cache
 from hie.platform.config import Config, load_config
 from hie.platform.crypto import DecryptionError, open_keyring
 from hie.platform.db import EngineRegistry, finish_unit_of_work
-from hie.platform.errors import ProblemApi, problem_response
+from hie.platform.errors import ProblemApi, database_unreachable, outage_response, problem_response
 from hie.platform.jobs.services import QUEUE_NAME, discard_uncommitted, dispatch_committed
 from hie.platform.limits import AnyPathConverter, IdConverter, PagingParser, check_request_body
 from hie.platform.logs import configure_logging
@@ -64,6 +64,15 @@ def _bind_services(app: Flask, config: Config) -> None:
     app.extensions["hie.queue"] = Queue(QUEUE_NAME, connection=client) if client is not None else None
 
 
+def _roll_back_what_is_open() -> None:
+    """After a failed commit, or a failed flush while staging the audit events before it: release every Session
+    still open (on SQLite an open one holds its file's write lock), without letting a dead connection raise."""
+    try:
+        finish_unit_of_work(commit=False)
+    except Exception as exc:
+        log.warning("rolling back after a failed commit failed too: %s", type(exc).__name__)
+
+
 def _unit_of_work(app: Flask) -> None:
     @app.before_request
     def _begin() -> None:
@@ -74,17 +83,25 @@ def _unit_of_work(app: Flask) -> None:
     def _finish(response: Response) -> Response:
         committed = response.status_code < 400
         try:
+            stage_pending(failed=not committed)
             finish_unit_of_work(commit=committed)
-        except Exception:
-            log.exception("commit failed")
+        except Exception as exc:
             committed = False
-            response = problem_response(500, "Internal Server Error", "The change could not be saved.")
+            _roll_back_what_is_open()
+            if database_unreachable(exc):
+                response = outage_response(exc)
+            else:
+                log.exception("commit failed")
+                response = problem_response(500, "Internal Server Error", "The change could not be saved.")
         try:
             flush_pending(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"],
                           failed=not committed)
-        except Exception:
-            log.exception("audit write failed; withholding the response")
-            response = problem_response(503, "Service Unavailable", "The audit trail could not be written.")
+        except Exception as exc:
+            if database_unreachable(exc):
+                response = outage_response(exc)
+            else:
+                log.exception("audit write failed; withholding the response")
+                response = problem_response(503, "Service Unavailable", "The audit trail could not be written.")
         if committed:
             dispatch_committed()
         else:

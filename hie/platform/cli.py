@@ -168,9 +168,12 @@ def audit() -> None:
 def audit_verify() -> None:
     """Recompute the hash chain; name every edited or deleted event."""
     from hie.platform.audit.services import verify
+    from hie.tenants.services import shard_engines
 
     app = make_app()
-    checked, problems = verify(app.extensions["hie.engines"].platform, app.extensions["hie.keyring"])
+    engines = app.extensions["hie.engines"]
+    checked, problems = verify(engines.platform, app.extensions["hie.keyring"],
+                               shard_engines(engines, app.config["HIE"]))
     if not problems:
         click.echo(f"audit chain intact: {checked} events verified")
         return

@@ -25,6 +25,14 @@ class ConfigError(Exception):
     """A setting is malformed; the message names the variable so an operator can fix it."""
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (a container's or taskset's share, not the host's), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the platform needs to know about where it runs."""
@@ -55,6 +63,11 @@ class Config:
     prior_results_days: int = 30
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    login_concurrency: int = field(default_factory=cpu_cores)
+    login_rate: float = field(default_factory=lambda: float(cpu_cores()))
+    login_burst: int = 20
+    audit_chain_interval: float = 0.2
     testing: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -78,6 +91,20 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive_float(env: dict[str, str], name: str, default: float, zero: bool = False) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    in_range = value >= 0 if zero else value > 0
+    if not in_range or value == float("inf"):
+        raise ConfigError(f"{name} must be a {'non-negative' if zero else 'positive'} number, got {raw!r}")
     return value
 
 
@@ -207,6 +234,10 @@ def load_config(environ: dict[str, str] | None = None, **overrides: object) -> C
         timezone=_timezone(env.get("HIE_TIMEZONE") or "Asia/Shanghai"),
         workers=_int(env, "HIE_WORKERS", 0, minimum=1) if env.get("HIE_WORKERS") else None,
         threads=_int(env, "HIE_THREADS", 4, minimum=1),
+        login_concurrency=_int(env, "HIE_LOGIN_CONCURRENCY", cpu_cores(), minimum=1),
+        login_rate=_positive_float(env, "HIE_LOGIN_RATE", float(cpu_cores())),
+        login_burst=_int(env, "HIE_LOGIN_BURST", 20, minimum=1),
+        audit_chain_interval=_positive_float(env, "HIE_AUDIT_CHAIN_INTERVAL", 0.2, zero=True),
         log_level=_log_level(env.get("HIE_LOG_LEVEL") or "INFO"),
         prior_results_days=_prior_results_days(env),
         extra={name: value for name, value in env.items() if name.startswith("HIE_")},  # modules read their own

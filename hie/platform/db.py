@@ -19,7 +19,7 @@ from sqlalchemy import Connection, DateTime, Engine, MetaData, Table, create_eng
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from hie.platform.config import Config
@@ -237,8 +237,26 @@ def shard_session(tenant_code: str) -> Session:
     sessions: dict[str, Session] = g.setdefault("shard_sessions", {})
     if tenant_code not in sessions:
         url = registry().tenant_url(tenant_code, lambda: tenant_db_url(platform_session(), tenant_code))
-        sessions[tenant_code] = Session(registry().engine(url), expire_on_commit=False)
+        session = sessions[tenant_code] = Session(registry().engine(url), expire_on_commit=False)
+        event.listen(session, "after_flush", _note_flush)
+        event.listen(session, "do_orm_execute", _note_statement)
     return sessions[tenant_code]
+
+
+def _note_flush(session: Session, _context: Any) -> None:
+    session.info["wrote"] = True
+
+
+def _note_statement(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info["wrote"] = True
+
+
+def written_shards() -> list[tuple[str, Session]]:
+    """The request's shard Sessions that wrote something (flushed, ran an INSERT/UPDATE/DELETE, or hold changes not
+    yet flushed), in first-use order: the audit events of a write commit in the first of them."""
+    return [(code, session) for code, session in g.get("shard_sessions", {}).items()
+            if session.info.get("wrote") or session.new or session.dirty or session.deleted]
 
 
 def keep_changes_on_error() -> None:

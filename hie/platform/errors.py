@@ -1,19 +1,20 @@
-"""RFC 9457 problem+json for every error the REST API returns, with field-level validation messages."""
+"""RFC 9457 problem+json for every error the REST API returns, with field-level validation messages; an unreachable
+database answers 503."""
 
 from __future__ import annotations
 
 import http
 import logging
+import sqlite3
 from typing import Any
 
 from apispec import BasePlugin
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, current_app, g, json, request
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 from marshmallow import INCLUDE, Schema, fields
-from werkzeug.exceptions import HTTPException, InternalServerError
-
-from hie.platform.auth.decorators import login_required
+from sqlalchemy import exc as sa_exc
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,67 @@ ERROR_DESCRIPTIONS = {
     http.HTTPStatus.NOT_FOUND: "Not Found: no such record, or one outside the caller's scope (audited)",
     http.HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "Unsupported Media Type: the body is not declared as JSON",
     http.HTTPStatus.UNPROCESSABLE_ENTITY: "Unprocessable Entity: invalid fields, each named in errors",
+    http.HTTPStatus.SERVICE_UNAVAILABLE: "Service Unavailable: a database cannot be reached; retry after the "
+                                         "Retry-After seconds",
 }
+OUTAGE_RETRY_AFTER = 5
+OUTAGE_DETAIL = "A database cannot be reached just now; try again in a few seconds."
+# MySQL/MariaDB client and server codes that mean the server is down, gone, restarting or full, not a bad statement:
+# 1040 too many connections, 1053 shutdown in progress, 1927 connection killed, 2002/2003 cannot connect,
+# 2005 unknown host, 2006 gone away, 2013/2055 lost connection, 2014/2045 out of sync, 4031 disconnected idle.
+_UNREACHABLE_MYSQL_CODES = frozenset({1040, 1053, 1927, 2002, 2003, 2005, 2006, 2013, 2014, 2045, 2055, 4031})
+_UNREACHABLE_SQLITE = ("unable to open database file", "disk i/o error")
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Whether an error means a database (platform or shard) cannot be reached, rather than a fault in the code."""
+    if isinstance(error, sa_exc.DisconnectionError | sa_exc.TimeoutError):
+        return True  # the pool's own: a dead pooled connection, or no connection free within the pool timeout
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True  # SQLAlchemy found the connection dead and dropped it (and the rest of its pool)
+    if not isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.InternalError):
+        return False
+    original = error.orig
+    if isinstance(original, sqlite3.OperationalError):
+        return str(original).lower().startswith(_UNREACHABLE_SQLITE)
+    code = original.args[0] if original is not None and original.args else None
+    return isinstance(code, int) and code in _UNREACHABLE_MYSQL_CODES
+
+
+def _outage_summary(error: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's statement and parameters (they may hold patient data)."""
+    original = getattr(error, "orig", None) or error
+    first_line = str(original).split("\n", 1)[0]
+    return f"{type(original).__module__}.{type(original).__name__}: {first_line}"
+
+
+def log_outage(error: BaseException) -> None:
+    """One warning line per request, however many of its steps find a database gone: an outage is an operations
+    event, not a bug, so no traceback."""
+    if g.get("outage_logged"):
+        return
+    g.outage_logged = True
+    log.warning("database unreachable during %s %s: %s", request.method, request.path, _outage_summary(error))
+
+
+def outage_response(error: BaseException) -> Response:
+    """503 with Retry-After, in the format of the route's blueprint (OperationOutcome under /fhir); logged once."""
+    log_outage(error)
+    headers = {"Retry-After": str(OUTAGE_RETRY_AFTER)}
+    unavailable = ServiceUnavailable(OUTAGE_DETAIL)
+    unavailable.data = {"message": OUTAGE_DETAIL, "headers": headers}  # type: ignore[attr-defined]
+    response = current_app.make_response(current_app.handle_http_exception(unavailable))
+    response.headers.update(headers)
+    return response
+
+
+def _database_error(error: sa_exc.SQLAlchemyError) -> Response:
+    """An unreachable database answers 503; any other database error stays a logged 500, as before."""
+    if not database_unreachable(error):
+        raise error
+    return outage_response(error)
 
 
 class ProblemFieldSchema(Schema):
@@ -108,6 +169,8 @@ class ErrorResponsesPlugin(BasePlugin):
     def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None,
                          **kwargs: Any) -> None:
         """401/403 behind login, 404 with a path parameter, 400 with input, 415 with a body; the rest: default."""
+        from hie.platform.auth.decorators import login_required  # here: auth imports the audit and db layers,
+        # which may import this module for database_unreachable and log_outage
         rule = kwargs.get("rule")
         view_class = getattr(self.app.view_functions.get(rule.endpoint), "view_class", None) if rule else None
         if view_class is None:
@@ -135,6 +198,12 @@ class ProblemApi(Api):
 
     def _init_spec(self, *, extra_plugins: list[BasePlugin] | None = None, **options: Any) -> None:
         super()._init_spec(extra_plugins=[*(extra_plugins or ()), ErrorResponsesPlugin(self._app)], **options)
+
+    def _register_error_handlers(self) -> None:
+        """flask-smorest's HTTPException handler, and the database outage as a 503 on every route."""
+        super()._register_error_handlers()
+        for error in (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError):
+            self._app.register_error_handler(error, _database_error)
 
     def _register_responses(self) -> None:
         """Every error response, flask-smorest's named ones and the default, as problem+json."""

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,13 @@ def tenant_db_url(session: Session, tenant_code: str) -> str:
     if tenant is None:
         raise TenancyError(f"no tenant {tenant_code!r}")
     return resolved_url(current_app.config["HIE"], tenant)
+
+
+def shard_engines(engines: EngineRegistry, config: Config) -> dict[str, Engine]:
+    """Every active tenant's shard engine, for work that visits them all (audit chaining, verification)."""
+    with Session(engines.platform) as session:
+        tenants = session.scalars(select(Tenant).where(Tenant.active.is_(True)).order_by(Tenant.code)).all()
+        return {tenant.code: engines.engine(resolved_url(config, tenant)) for tenant in tenants}
 
 
 def resolved_url(config: Config, tenant: Tenant) -> str:

@@ -1,21 +1,25 @@
-"""Recording, chaining and verifying audit events."""
+"""Recording audit events, chaining them (the sequencer) and verifying the chain."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flask import g, has_request_context, request
+from flask import current_app, g, has_request_context, request
 from sqlalchemy import Connection, Engine, Row, select, update
+from sqlalchemy.event import listen
 from sqlalchemy.orm import Session
 
-from hie.platform.audit.models import AuditChainHead, AuditEvent
+from hie.platform.audit import sequencer
+from hie.platform.audit.models import AuditChainHead, AuditEvent, AuditPending, ShardAuditPending
 from hie.platform.crypto import KeyRing
-from hie.platform.db import utcnow
+from hie.platform.db import platform_session, utcnow, written_shards
+from hie.platform.errors import database_unreachable, log_outage
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,10 @@ _CHAINED_FIELDS = (
     "action", "resource_type", "resource_id", "purpose", "outcome", "break_glass", "detail",
     "source_ip", "request_id", "prev_hash",
 )
+_PENDING_FIELDS = tuple(name for name in _CHAINED_FIELDS if name not in ("seq", "prev_hash"))
 _BATCH = 1000
+_CHAIN_BATCH = 500
+_sequencing = threading.Lock()  # one sequencer per process; the head row's lock makes it one across processes
 
 
 @dataclass
@@ -50,7 +57,8 @@ def patient_ref(tenant_code: str, patient_id: str) -> str:
 
 
 def record(action: str, outcome: str = "success", **fields: object) -> PendingEvent:
-    """Queue an event for this request; it is written after the unit of work commits or fails."""
+    """Queue an event for this request; it commits with the request's platform transaction, or after it if that
+    rolled back or failed."""
     identity = g.get("identity")
     actor: dict[str, object] = {}
     if identity is not None:
@@ -67,10 +75,23 @@ def record(action: str, outcome: str = "success", **fields: object) -> PendingEv
     return event
 
 
+def _canonical_values(values: Mapping[str, Any], names: tuple[str, ...], prefix: bytes = b"") -> bytes:
+    data = {name: values[name] for name in names}
+    data["occurred_at"] = values["occurred_at"].isoformat(timespec="microseconds")
+    if values.get("origin") is not None:
+        data["origin"] = values["origin"]  # only events chained from a shard have one: older hashes stay valid
+    return prefix + json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _canonical(event: AuditEvent | Row[Any]) -> bytes:
     values = {name: getattr(event, name) for name in _CHAINED_FIELDS}
-    values["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
-    return json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    values["origin"] = event.origin
+    return _canonical_values(values, _CHAINED_FIELDS)
+
+
+def _pending_mac(keyring: KeyRing, values: Mapping[str, Any]) -> str:
+    """MAC of an unchained event: an edit, or a row forged without the audit key, is found before it is chained."""
+    return keyring.audit_mac(_canonical_values(values, _PENDING_FIELDS, b"audit_pending|"))
 
 
 def _to_row(pending: PendingEvent) -> AuditEvent:
@@ -95,15 +116,29 @@ def _to_row(pending: PendingEvent) -> AuditEvent:
     )
 
 
+def _pending_values(keyring: KeyRing, events: Iterable[PendingEvent]) -> list[dict[str, Any]]:
+    """Rows for audit_pending, each with its MAC."""
+    values = []
+    for item in events:
+        row = _to_row(item)
+        value = {name: getattr(row, name) for name in _PENDING_FIELDS}
+        value["mac"] = _pending_mac(keyring, value)
+        values.append(value)
+    return values
+
+
 _HEAD = AuditChainHead.__table__
 _EVENTS = AuditEvent.__table__
+_PENDING = AuditPending.__table__
+_SHARD_PENDING = ShardAuditPending.__table__
 _LOCK_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(id=1)
 _READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash, _HEAD.c.signed_seq, _HEAD.c.signed_hash,
                     _HEAD.c.signature).where(_HEAD.c.id == 1)
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
 _BROKEN = "broken-at:"
 _INSERT_EVENT = _EVENTS.insert()
-_EVENT_COLUMNS = tuple(column.key for column in _EVENTS.columns)
+_INSERT_PENDING = _PENDING.insert()
+_TAMPERED = "tampered"
 
 
 def head_signature(keyring: KeyRing, seq: int, hash_: str) -> str:
@@ -183,41 +218,193 @@ def sign_unsigned_head(engine: Engine, keyring: KeyRing) -> bool:
     return True
 
 
-def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> list[int]:
-    """Chain and store events in one short Core transaction that holds the chain head's row lock."""
-    rows = [_to_row(event) for event in events]
-    if not rows:
-        return []
-    with engine.begin() as conn:
-        head = _locked_head(conn)
-        intact = _head_trusted(conn, keyring, head)
-        if not intact:
-            log.error("audit chain head at event %s fails its signature; appending, the head stays marked",
-                      head.last_seq)
-        last_seq, last_hash = head.last_seq, head.last_hash
-        values = []
-        for row in rows:
-            row.seq, row.prev_hash = last_seq + 1, last_hash
-            row.hash = keyring.audit_mac(_canonical(row))
-            last_seq, last_hash = row.seq, row.hash
-            values.append({key: getattr(row, key) for key in _EVENT_COLUMNS})
-        conn.execute(_INSERT_EVENT, values)
-        if intact:
-            conn.execute(_MOVE_HEAD, _signed(keyring, last_seq, last_hash))
-        else:
-            broken = head.signature if (head.signature or "").startswith(_BROKEN) else f"{_BROKEN}{head.last_seq}"
-            conn.execute(_MOVE_HEAD, {"last_seq": last_seq, "last_hash": last_hash, "signature": broken})
-    return [row.seq for row in rows]
+def _tamper_record(row: Row[Any], where: str) -> dict[str, Any]:
+    """What is chained in place of an unchained event whose MAC fails: its stored values, marked, so the edit
+    stays on the record (and `verify` names it) instead of being sealed into the chain as genuine."""
+    stored = {name: getattr(row, name) for name in ("action", "outcome", "resource_type", "resource_id")}
+    stored["detail"] = (row.detail or "")[:2000]
+    values = {name: getattr(row, name) for name in _PENDING_FIELDS}
+    values.update(action=_TAMPERED, outcome="error", resource_type="audit_pending", resource_id=where,
+                  detail=json.dumps({"stored": stored}, ensure_ascii=False, sort_keys=True))
+    return values
+
+
+def _chain_batch(conn: Connection, keyring: KeyRing, head: Row[Any], rows: list[Row[Any]],
+                 shard: str | None = None) -> None:
+    """Chain pending rows after the locked head and move the head, in one transaction; the platform's pending rows
+    are deleted in it, a shard's are marked by origin (the caller deletes them from the shard afterwards)."""
+    intact = _head_trusted(conn, keyring, head)
+    if not intact:
+        log.error("audit chain head at event %s fails its signature; chaining, the head stays marked", head.last_seq)
+    last_seq, last_hash = head.last_seq, head.last_hash
+    values = []
+    for row in rows:
+        value = {name: getattr(row, name) for name in _PENDING_FIELDS}
+        origin = _origin(shard, row) if shard is not None else None
+        if _pending_mac(keyring, value) != row.mac:
+            log.error("unchained audit event %s was edited before it was chained; chained as %r",
+                      origin or row.id, _TAMPERED)
+            value = _tamper_record(row, origin or str(row.id))
+        value.update(seq=last_seq + 1, prev_hash=last_hash, origin=origin)
+        value["hash"] = keyring.audit_mac(_canonical_values(value, _CHAINED_FIELDS))
+        last_seq, last_hash = value["seq"], value["hash"]
+        values.append(value)
+    conn.execute(_INSERT_EVENT, values)
+    if shard is None:
+        conn.execute(_PENDING.delete().where(_PENDING.c.id.in_([row.id for row in rows])))
+    if intact:
+        conn.execute(_MOVE_HEAD, _signed(keyring, last_seq, last_hash))
+    else:
+        broken = head.signature if (head.signature or "").startswith(_BROKEN) else f"{_BROKEN}{head.last_seq}"
+        conn.execute(_MOVE_HEAD, {"last_seq": last_seq, "last_hash": last_hash, "signature": broken})
+
+
+def _head_if_free(conn: Connection, wait: bool) -> Row[Any] | None:
+    """The locked chain head; without wait, None at once when another sequencer holds it (MariaDB/MySQL SKIP
+    LOCKED). SQLite always waits: it has one writer anyway, and a chain step is a few statements."""
+    if wait or conn.dialect.name == "sqlite":
+        return _locked_head(conn)
+    return conn.execute(_READ_HEAD.with_for_update(skip_locked=True)).one_or_none()
+
+
+def chain_pending(engine: Engine, keyring: KeyRing, wait: bool = False, batch: int = _CHAIN_BATCH,
+                  shards: Mapping[str, Engine] | None = None) -> int:
+    """Chain unchained events, the platform's then each shard's, a batch per transaction, one sequencer at a time;
+    returns how many. Without wait it gives up at once when another thread or process is chaining: that run, the
+    next request's or the worker's next tick takes ours."""
+    wait = wait or engine.dialect.name == "sqlite"
+    if not _sequencing.acquire(blocking=wait):
+        return 0
+    try:
+        chained = _chain_platform(engine, keyring, wait, batch)
+        for code, shard in (shards or {}).items():
+            if chained is None:
+                break
+            more = _chain_shard(engine, keyring, code, shard, wait, batch)
+            chained = None if more is None else chained + more
+        return chained or 0
+    finally:
+        _sequencing.release()
+
+
+def _chain_platform(engine: Engine, keyring: KeyRing, wait: bool, batch: int) -> int | None:
+    """The platform's pending events; None when another sequencer holds the head."""
+    chained = 0
+    while True:
+        with engine.begin() as conn:
+            head = _head_if_free(conn, wait)
+            if head is None:
+                return chained or None
+            rows = list(conn.execute(select(_PENDING).order_by(_PENDING.c.id).limit(batch)))
+            if rows:
+                _chain_batch(conn, keyring, head, rows)
+        chained += len(rows)
+        if len(rows) < batch:
+            return chained
+
+
+def _origin(code: str, row: Row[Any]) -> str:
+    """A shard row's name in the chain: its id with part of its MAC, unique even where a database reuses the ids of
+    deleted rows (SQLite does)."""
+    return f"{code}:{row.id}:{row.mac[:16]}"
+
+
+def _chain_shard(engine: Engine, keyring: KeyRing, code: str, shard: Engine, wait: bool, batch: int) -> int | None:
+    """One shard's pending events: read from the shard, chained (by origin, once) under the platform head's lock,
+    then deleted from the shard. A sequencer dying between the two commits leaves rows the next run finds chained
+    already and only deletes. No lock of one database is held while waiting on the other."""
+    chained = 0
+    while True:
+        with shard.connect() as sconn:
+            rows = list(sconn.execute(select(_SHARD_PENDING).order_by(_SHARD_PENDING.c.id).limit(batch)))
+        if not rows:
+            return chained
+        with engine.begin() as conn:
+            head = _head_if_free(conn, wait)
+            if head is None:
+                return chained or None
+            done = set(conn.scalars(select(_EVENTS.c.origin).where(
+                _EVENTS.c.origin.in_([_origin(code, row) for row in rows]))))
+            fresh = [row for row in rows if _origin(code, row) not in done]
+            if fresh:
+                _chain_batch(conn, keyring, head, fresh, shard=code)
+        with shard.begin() as sconn:
+            sconn.execute(_SHARD_PENDING.delete().where(_SHARD_PENDING.c.id.in_([row.id for row in rows])))
+        chained += len(fresh)
+        if len(rows) < batch:
+            return chained
+
+
+def append(engine: Engine, keyring: KeyRing, events: Iterable[PendingEvent]) -> int:
+    """Store events and chain them before returning: for work outside a request (commands, tests)."""
+    values = _pending_values(keyring, events)
+    if values:
+        with engine.begin() as conn:
+            conn.execute(_INSERT_PENDING, values)
+    return chain_pending(engine, keyring, wait=True)
+
+
+def _mark_committed(_session: Session) -> None:
+    g.audit_staged_committed = True
+
+
+def stage_pending(failed: bool) -> None:
+    """Insert this request's events into the Session of the database it wrote before the unit of work commits: the
+    shard it wrote (the first, if several), else the platform. A write and its events commit together (or neither);
+    a read's events commit before its response is sent."""
+    if failed and not g.get("keep_changes_on_error", False):
+        return
+    pending: list[PendingEvent] = g.pop("audit_pending", [])
+    if not pending:
+        return
+    if failed:
+        _mark_failed(pending)
+    g.audit_staged = pending
+    written = written_shards()
+    if written:
+        code, session = written[0]
+        g.audit_staged_shard = (code, session.get_bind())
+        insert = _SHARD_PENDING.insert()
+    else:
+        session, insert = platform_session(), _INSERT_PENDING
+    listen(session, "after_commit", _mark_committed, once=True)
+    session.execute(insert, _pending_values(current_app.extensions["hie.keyring"], pending))
+
+
+def _mark_failed(pending: list[PendingEvent]) -> None:
+    for item in pending:
+        if item.outcome == "success":
+            item.outcome = "error"
 
 
 def flush_pending(engine: Engine, keyring: KeyRing, failed: bool) -> None:
-    """Write this request's events; if its unit of work failed, successes become errors."""
+    """After the unit of work: write the events it did not commit (a refusal's, or all of them when its commit
+    failed: successes become errors) in their own transaction; then hand them to the process's sequencer thread,
+    or (HIE_AUDIT_CHAIN_INTERVAL=0) chain what is pending now if no one else is."""
     pending: list[PendingEvent] = g.pop("audit_pending", [])
+    staged: list[PendingEvent] = g.pop("audit_staged", [])
+    committed = g.pop("audit_staged_committed", False)
+    shard = g.pop("audit_staged_shard", None)
+    if not committed:
+        pending = staged + pending
     if failed:
-        for event in pending:
-            if event.outcome == "success":
-                event.outcome = "error"
-    append(engine, keyring, pending)
+        _mark_failed(pending)
+    values = _pending_values(keyring, pending)
+    if values:
+        with engine.begin() as conn:
+            conn.execute(_INSERT_PENDING, values)
+    if not (values or committed):
+        return  # a request that wrote no event (health checks, static files) leaves the chaining to others
+    if has_request_context() and current_app.config["HIE"].audit_chain_interval > 0:
+        sequencer.hand_over(current_app._get_current_object(), shard if committed else None, chain_pending)
+        return
+    try:
+        chain_pending(engine, keyring, shards=dict([shard]) if shard is not None and committed else None)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            log.exception("chaining audit events failed; they stay pending for the next request or worker tick")
+        elif has_request_context():
+            log_outage(exc)
 
 
 @dataclass(frozen=True)
@@ -228,8 +415,9 @@ class ChainProblem:
     problem: str
 
 
-def verify(engine: Engine, keyring: KeyRing) -> tuple[int, list[ChainProblem]]:
-    """Recompute the chain; report edited events, deleted events and a truncated tail."""
+def verify(engine: Engine, keyring: KeyRing,
+           shards: Mapping[str, Engine] | None = None) -> tuple[int, list[ChainProblem]]:
+    """Recompute the chain and check the unchained tail; report edited events, deleted events and a truncated tail."""
     problems: list[ChainProblem] = []
     expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
     with Session(engine) as session:
@@ -249,13 +437,38 @@ def verify(engine: Engine, keyring: KeyRing) -> tuple[int, list[ChainProblem]]:
                     problems.append(ChainProblem(event.seq, "previous event was edited or removed"))
                 if keyring.audit_mac(_canonical(event)) != event.hash:
                     problems.append(ChainProblem(event.seq, "event edited (its hash does not match)"))
+                elif event.action == _TAMPERED:
+                    problems.append(ChainProblem(event.seq, f"edited while unchained (audit_pending id "
+                                                 f"{event.resource_id}); its stored values are in the event's detail"))
                 prev_hash, expected_seq, checked = event.hash, event.seq + 1, checked + 1
                 last = event.seq
             session.expunge_all()
         head = session.get(AuditChainHead, 1)
         if head is not None:
             problems.extend(_head_problems(keyring, head, expected_seq - 1, prev_hash, checked))
-    return checked, problems
+        tail, tail_problems = _pending_problems(session.connection(), keyring, expected_seq - 1, _PENDING)
+    for code, shard in (shards or {}).items():
+        with shard.connect() as conn:
+            more, more_problems = _pending_problems(conn, keyring, expected_seq - 1, _SHARD_PENDING, code)
+        tail, tail_problems = tail + more, tail_problems + more_problems
+    return checked + tail, problems + tail_problems
+
+
+def _pending_problems(conn: Connection, keyring: KeyRing, last_seq: int, table: Any,
+                      shard: str | None = None) -> tuple[int, list[ChainProblem]]:
+    """An unchained tail (the platform's or a shard's), in insertion order: every row must carry its MAC (an edit or
+    a forgery is named)."""
+    where = f"{shard} " if shard else ""
+    problems, checked, last = [], 0, 0
+    while True:
+        rows = conn.execute(select(table).where(table.c.id > last).order_by(table.c.id).limit(_BATCH)).all()
+        if not rows:
+            return checked, problems
+        for row in rows:
+            if _pending_mac(keyring, {name: getattr(row, name) for name in _PENDING_FIELDS}) != row.mac:
+                problems.append(ChainProblem(last_seq, f"unchained event ({where}audit_pending id {row.id}) edited or "
+                                             "forged (its MAC does not match)"))
+            checked, last = checked + 1, row.id
 
 
 def _head_problems(keyring: KeyRing, head: AuditChainHead, last_seq: int, last_hash: str,

@@ -14,7 +14,12 @@ from hie.platform.audit import services as audit
 from hie.platform.auth import throttle, tokens
 from hie.platform.auth.identity import Identity
 from hie.platform.auth.models import AuthSession, User, UserRole
-from hie.platform.auth.passwords import hash_password, verify_password
+from hie.platform.auth.passwords import (
+    LOGIN_SLOT_WAIT,
+    HashingBusy,
+    hash_password,
+    verify_password,
+)
 from hie.platform.cache import Cache
 from hie.platform.db import new_id, utcnow
 from hie.tenants.models import Institution, Tenant
@@ -89,6 +94,23 @@ def _throttled(actor: dict[str, object], wait: int, why: str) -> LoginRefused:
                         retry_after=wait)
 
 
+def _busy(actor: dict[str, object], busy: HashingBusy) -> LoginRefused:
+    """No hashing slot or login budget: refused at once, nothing hashed and no failure counted, so a flood cannot
+    queue up CPU."""
+    audit.record("login", "denied", detail=f"{busy}; retry after {busy.retry_after} s", actor=actor)
+    return LoginRefused(429, "Too many logins at once; try again in a moment.", retry_after=busy.retry_after)
+
+
+def _password_matches(user: User | None, password: str) -> bool:
+    """Unknown names are checked against a dummy hash (in a slot too), so they take as long as known ones."""
+    if user is None:
+        if "hash" not in _DUMMY_HASH:
+            _DUMMY_HASH["hash"] = hash_password("not-a-real-password-1", wait=LOGIN_SLOT_WAIT)
+        verify_password(_DUMMY_HASH["hash"], password)
+        return False
+    return verify_password(user.password_hash, password)
+
+
 def login(session: Session, username: str, password: str, source_ip: str | None) -> TokenPair:
     """Check the password with throttling per (username, address), the same for unknown names; audit every attempt."""
     name = username.lower()
@@ -102,12 +124,13 @@ def login(session: Session, username: str, password: str, source_ip: str | None)
     wait = throttle.retry_after(session, index, source, now)
     if wait is not None:
         raise _throttled(actor, wait, "throttled after repeated failed logins")
+    try:
+        matches = _password_matches(user, password)
+    except HashingBusy as busy:
+        raise _busy(actor, busy) from None
     if user is None:
-        if "hash" not in _DUMMY_HASH:
-            _DUMMY_HASH["hash"] = hash_password("not-a-real-password-1")
-        verify_password(_DUMMY_HASH["hash"], password)
         _refuse(session, None, actor, index, source, now, "unknown user")
-    if not verify_password(user.password_hash, password):
+    if not matches:
         _refuse(session, user, actor, index, source, now, "wrong password")
     if not user.active or not user.institution.active:
         _refuse(session, user, actor, index, source, now, "account disabled")
